@@ -1,0 +1,138 @@
+"""The `sqlprobe` command line: options in, calls to the library, output and an exit code out."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  clear   no other process holds the database or its side files
+  3  shared  others have it open, but hold no lock a new instance needs
+  4  busy    a lock a new instance needs persisted across the window
+  5  stuck   as busy, and the holder made no progress: waiting won't help
+  6  error   cannot judge (not a SQLite database, unreadable, ...)
+  2  usage error; 1 an internal error of sqlprobe (a bug: please report it)
+"""
+
+
+def _guarded(func: F) -> F:
+    """Turn a crash into one line on stderr and exit 1; a closed stdout into a quiet exit."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except BrokenPipeError:
+            # The reader went away (`sqlprobe check | head -1`): not an error worth a word.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(click.get_current_context().meta.get("exit_code", 0))
+        except Exception as err:
+            if os.environ.get("SQLPROBE_DEBUG"):
+                traceback.print_exc()
+            else:
+                click.echo(
+                    f"sqlprobe: internal error: {type(err).__name__}: {err} "
+                    "(a bug; set SQLPROBE_DEBUG=1 for the traceback)",
+                    err=True,
+                )
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def output_options(func: F) -> F:
+    """--json and -q/--quiet, shared by every command that reports a verdict."""
+    func = click.option(
+        "-q", "--quiet", is_flag=True, help="Print nothing; the exit code is the answer."
+    )(func)
+    func = click.option(
+        "--json", "as_json", is_flag=True, help="Print one JSON document (schema in the README)."
+    )(func)
+    return func
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=EXIT_CODES_HELP,
+)
+@click.version_option(__version__, prog_name="sqlprobe")
+def cli() -> None:
+    """Would a new opencode instance block on its SQLite database, and on whom?
+
+    sqlprobe finds every process that holds the database and its -wal/-shm/-journal files,
+    decodes their POSIX locks into SQLite's terms, and answers with an exit code. It never
+    writes to the database, never creates a file beside it and never takes a lock.
+    """
+
+
+@cli.command()
+@click.argument("path", required=False, type=click.Path(path_type=str))
+@click.option(
+    "--window",
+    type=click.FloatRange(0, 10),
+    default=0.3,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a blocking lock must persist to count (sampled every 0.05 s). "
+    "Only spent when a blocking lock is seen; 0 judges on one look.",
+)
+@output_options
+@_guarded
+def check(path: str | None, window: float, as_json: bool, quiet: bool) -> None:
+    """Say whether a new instance would start now, or block, and on which process.
+
+    PATH is an opencode data dir (its opencode.db and opencode-*.db are checked), or a
+    database file. Without PATH: $OPENCODE_DB if set (relative to the data dir), else
+    $XDG_DATA_HOME/opencode, else ~/.local/share/opencode. A PATH that does not exist is
+    clear: a new instance would create the database.
+
+    \b
+    Example:
+      sqlprobe check                       # opencode's default database
+      sqlprobe check ~/.local/share/opencode --json | jq .verdict
+      sqlprobe check -q app.db || echo "not clear: exit $?"
+    """
+    from .render import human, to_json
+    from .snapshot import check as take_snapshot
+    from .verdict import State, judge
+
+    if as_json and quiet:
+        raise click.UsageError("--json and --quiet cannot be used together")
+    snapshot = take_snapshot(path, window=window)
+    verdict = judge(snapshot)
+    click.get_current_context().meta["exit_code"] = int(verdict.exit_code)
+    if as_json:
+        click.echo(json.dumps(to_json(snapshot, verdict), indent=2))
+    elif not quiet:
+        if verdict.state is State.ERROR and len(snapshot.databases) <= 1:
+            click.echo(f"sqlprobe: error: {verdict.reason}", err=True)
+        else:
+            color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+            click.echo(human(snapshot, verdict, _styler(color)), color=color)
+    sys.exit(int(verdict.exit_code))
+
+
+def _styler(color: bool) -> Callable[..., str]:
+    if color:
+        return click.style
+    return lambda text, **_: text
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="sqlprobe")

@@ -1,0 +1,84 @@
+"""Opening a database's files without harm: read-only, existing files only, never a FIFO.
+
+sqlite-locking.md §4: open only existing files, O_RDONLY|O_NOFOLLOW|O_CLOEXEC|O_NONBLOCK, and
+fstat before reading, so that a FIFO or device named opencode.db cannot hang the tool. Nothing
+here creates a file or takes a lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from .errors import CannotInspect
+
+_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+_KINDS = (
+    (stat.S_ISDIR, "is a directory"),
+    (stat.S_ISFIFO, "is a FIFO, not a regular file"),
+    (stat.S_ISSOCK, "is a socket, not a regular file"),
+    (stat.S_ISCHR, "is a character device, not a regular file"),
+    (stat.S_ISBLK, "is a block device, not a regular file"),
+)
+
+
+def not_regular(mode: int) -> str | None:
+    """Why a file of this st_mode is not a regular file, or None when it is one."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((why for test, why in _KINDS if test(mode)), "is not a regular file")
+
+
+def describe(err: OSError) -> str:
+    """A short lower-case problem text for an OSError (no path: the caller names the file)."""
+    if err.errno == errno.ELOOP:
+        return "too many levels of symbolic links (a symlink loop?)"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if err.errno == errno.ENOENT:
+        return "no such file"
+    return (err.strerror or str(err)).lower()
+
+
+def open_regular(path: str) -> tuple[int, os.stat_result]:
+    """Open an existing regular file read-only and return (fd, fstat); the caller closes fd.
+
+    Raises CannotInspect for anything else. `path` must already be resolved: O_NOFOLLOW makes a
+    symlink fail, as SQLite's own open does after it resolved the name.
+    """
+    # stat first: even opening a device can act on it (a tape rewinds); fstat below closes the race.
+    try:
+        why = not_regular(os.lstat(path).st_mode)
+    except OSError as err:
+        raise CannotInspect(path, describe(err)) from err
+    if why:
+        raise CannotInspect(path, "is a symbolic link" if os.path.islink(path) else why)
+    try:
+        fd = os.open(path, _FLAGS)
+    except OSError as err:
+        if err.errno == errno.ELOOP and os.path.islink(path):
+            raise CannotInspect(path, "is a symbolic link") from err
+        if err.errno == errno.EISDIR:
+            raise CannotInspect(path, "is a directory") from err
+        raise CannotInspect(path, describe(err)) from err
+    st = os.fstat(fd)
+    why = not_regular(st.st_mode)
+    if why:
+        os.close(fd)
+        raise CannotInspect(path, why)
+    return fd, st
+
+
+def pread_at_most(fd: int, size: int, offset: int = 0) -> bytes:
+    """Read up to `size` bytes at `offset`, fewer only at end of file."""
+    chunks = []
+    while size > 0:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)

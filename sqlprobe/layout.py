@@ -1,0 +1,82 @@
+"""SQLite's lock bytes and header offsets, and decoding a locked byte range into lock names.
+
+Every number here comes from ../shared/docs/sqlite-locking.md (§1, §2, §5), itself read from
+os_unix.c and wal.c. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from .model import ByteRange, FileKind, Lock, LockLine, Mode
+
+# Main database file (sqlite-locking.md §1).
+PENDING_BYTE = 0x40000000
+RESERVED_BYTE = PENDING_BYTE + 1
+SHARED_FIRST = PENDING_BYTE + 2
+SHARED_SIZE = 510
+SHARED_LAST = SHARED_FIRST + SHARED_SIZE - 1
+
+# -shm file (sqlite-locking.md §2): WAL_WRITE_LOCK .. WAL_READ_LOCK(4), then the DMS byte.
+SHM_WRITE = 120
+SHM_CHECKPOINT = 121
+SHM_RECOVER = 122
+SHM_READ_FIRST = 123  # read-mark 0; read-mark i is SHM_READ_FIRST + i
+SHM_READ_MARKS = 5
+SHM_DMS = 128
+
+# The 100-byte database header (sqlite-locking.md §5).
+DB_HEADER_SIZE = 100
+DB_MAGIC = b"SQLite format 3\x00"
+
+# Lock names, by file, in the order of their bytes. These are the JSON vocabulary.
+DB_LOCKS: tuple[tuple[str, ByteRange], ...] = (
+    ("pending", ByteRange(PENDING_BYTE, PENDING_BYTE)),
+    ("reserved", ByteRange(RESERVED_BYTE, RESERVED_BYTE)),
+    ("shared", ByteRange(SHARED_FIRST, SHARED_LAST)),  # WRITE on this range is "exclusive"
+)
+SHM_LOCKS: tuple[tuple[str, ByteRange], ...] = (
+    ("wal-write", ByteRange(SHM_WRITE, SHM_WRITE)),
+    ("wal-checkpoint", ByteRange(SHM_CHECKPOINT, SHM_CHECKPOINT)),
+    ("wal-recover", ByteRange(SHM_RECOVER, SHM_RECOVER)),
+    *(
+        (f"wal-read-{i}", ByteRange(SHM_READ_FIRST + i, SHM_READ_FIRST + i))
+        for i in range(SHM_READ_MARKS)
+    ),
+    ("dms", ByteRange(SHM_DMS, SHM_DMS)),
+)
+
+# The lock classes that conflict with SQLite's own fcntl locks (flock locks never do on Linux).
+FCNTL_CLASSES = frozenset({"POSIX", "OFDLCK"})
+
+
+def lock_bytes(kind: FileKind) -> tuple[tuple[str, ByteRange], ...]:
+    """The named lock bytes of one kind of file (none for -wal and -journal, never locked)."""
+    if kind is FileKind.DB:
+        return DB_LOCKS
+    if kind is FileKind.SHM:
+        return SHM_LOCKS
+    return ()
+
+
+def decode(kind: FileKind, line: LockLine) -> list[Lock]:
+    """Decode one lock line on a database file into SQLite's lock names.
+
+    The kernel merges adjacent ranges of one owner, so one line may name several locks: decode by
+    range intersection, never by exact start and end. A range that covers no SQLite byte, or a lock
+    of a class SQLite never takes, is kept as `other` or `flock` rather than dropped.
+    """
+    mode = Mode.EXCLUSIVE if line.exclusive else Mode.SHARED
+    pid = line.pid if line.pid > 0 else None
+
+    def make(name: str, rng: ByteRange) -> Lock:
+        return Lock(kind, name, mode, rng, pid, line.lock_class, line.waiter)
+
+    if line.lock_class not in FCNTL_CLASSES:
+        return [make(line.lock_class.lower(), line.range)]
+    locks = []
+    for name, named in lock_bytes(kind):
+        overlap = line.range.intersect(named)
+        if overlap is not None:
+            if name == "shared" and line.exclusive:
+                name = "exclusive"
+            locks.append(make(name, overlap))
+    return locks or [make("other", line.range)]

@@ -1,0 +1,190 @@
+"""Everything sqlprobe reads from /proc, in one place (a macOS backend would replace this module).
+
+Follows psutil's `_pslinux.py`: reads are small and binary; a process that vanishes mid-read
+raises `NoSuchProcess`, one that forbids raises `AccessDenied`, and the caller decides whether to
+skip or to count. The parsers (`parse_locks`, `parse_stat`) are pure and tested on fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+from .errors import AccessDenied, NoSuchProcess
+from .model import ByteRange, FileKey, LockLine, ProcSample
+
+DELETED_SUFFIX = " (deleted)"
+
+
+def parse_locks(text: str) -> tuple[list[LockLine], int]:
+    """Parse /proc/locks (or the `lock:` lines of fdinfo, prefix removed).
+
+    Returns the lines and the number that could not be parsed. Format (fs/locks.c):
+    `<id>: [-> ]<CLASS> <MODE> <TYPE> <PID> <MAJ>:<MIN>:<INODE> <START> <END|EOF>`, MAJ and MIN
+    in hex. Lines without an inode (`<none>:0`) cannot be on a database file and are skipped.
+    """
+    lines: list[LockLine] = []
+    bad = 0
+    for raw in text.splitlines():
+        if not raw.strip():
+            continue
+        try:
+            head, rest = raw.split(":", 1)
+            tokens = rest.split()
+            waiter = tokens[0] == "->"
+            if waiter:
+                tokens = tokens[1:]
+            lock_class, _mode, lock_type, pid, devino, start, end = tokens[:7]
+            if devino.startswith("<none>"):
+                continue
+            major, minor, ino = devino.split(":")
+            lines.append(
+                LockLine(
+                    lock_id=int(head),
+                    waiter=waiter,
+                    lock_class=lock_class,
+                    exclusive=lock_type == "WRITE",
+                    pid=int(pid),
+                    file=FileKey(os.makedev(int(major, 16), int(minor, 16)), int(ino)),
+                    range=ByteRange(int(start), None if end == "EOF" else int(end)),
+                )
+            )
+        except (ValueError, IndexError):
+            bad += 1
+    return lines, bad
+
+
+def parse_stat(data: bytes) -> tuple[str, int, int]:
+    """(state, cpu ticks, start ticks) from /proc/PID/stat.
+
+    Split at the *last* `)`: the command name may itself contain spaces and parentheses.
+    """
+    fields = data[data.rindex(b")") + 2 :].split()
+    # Field n of proc(5) is fields[n - 3]: state 3, utime 14, stime 15, starttime 22.
+    return fields[0].decode(), int(fields[11]) + int(fields[12]), int(fields[19])
+
+
+def parse_cmdline(data: bytes) -> str:
+    """The command line with its NUL separators as spaces; bytes that are not UTF-8 escaped."""
+    return data.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "backslashreplace")
+
+
+class ProcFS:
+    """Reader of one /proc tree (root injectable, so that tests can point it elsewhere)."""
+
+    def __init__(self, root: str = "/proc") -> None:
+        self.root = root
+        self.self_pid = os.getpid()
+        self.clock_ticks = os.sysconf("SC_CLK_TCK")
+
+    # -- system-wide -------------------------------------------------------------------------
+
+    def locks(self) -> tuple[list[LockLine], int]:
+        """All lines of /proc/locks (readable by every user), and the count of unparsable ones."""
+        with open(f"{self.root}/locks", "rb") as f:
+            return parse_locks(f.read().decode("ascii", "replace"))
+
+    def pids(self) -> Iterator[int]:
+        """Every pid in this pid namespace, sqlprobe's own excluded."""
+        for name in os.listdir(self.root):
+            if name.isdigit() and int(name) != self.self_pid:
+                yield int(name)
+
+    def uptime(self) -> float:
+        with open(f"{self.root}/uptime", "rb") as f:
+            return float(f.read().split()[0])
+
+    # -- one process -------------------------------------------------------------------------
+
+    @contextmanager
+    def _reading(self, pid: int, what: str) -> Iterator[None]:
+        """Map the errors of a /proc/PID read to NoSuchProcess / AccessDenied."""
+        try:
+            yield
+        except (FileNotFoundError, ProcessLookupError) as err:
+            raise NoSuchProcess(pid) from err
+        except PermissionError as err:
+            raise AccessDenied(f"{self.root}/{pid}/{what}", pid) from err
+
+    def _read(self, pid: int, what: str) -> bytes:
+        with self._reading(pid, what), open(f"{self.root}/{pid}/{what}", "rb") as f:
+            return f.read()
+
+    def fd_targets(self, pid: int, names: Iterable[str]) -> list[tuple[int, str]]:
+        """The (fd, link text) of `pid`'s descriptors whose link's basename is one of `names`.
+
+        Only the link text is read here (one readlink per fd, through a directory descriptor);
+        the caller confirms a match by (device, inode) with `fd_key`. A file deleted while open
+        reads as `path (deleted)` and still matches.
+        """
+        wanted = set(names)
+        found = []
+        with self._reading(pid, "fd"):
+            dir_fd = os.open(f"{self.root}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for fd in os.listdir(dir_fd):
+                try:
+                    link = os.readlink(fd, dir_fd=dir_fd)
+                except OSError:
+                    continue  # closed since the listing, or not a link
+                base = link.removesuffix(DELETED_SUFFIX).rpartition("/")[2]
+                if base in wanted:
+                    found.append((int(fd), link))
+        finally:
+            os.close(dir_fd)
+        return found
+
+    def fd_key(self, pid: int, fd: int) -> FileKey:
+        """(device, inode) of the file behind one descriptor of `pid`."""
+        with self._reading(pid, f"fd/{fd}"):
+            st = os.stat(f"{self.root}/{pid}/fd/{fd}")
+        return FileKey(st.st_dev, st.st_ino)
+
+    def fd_locks(self, pid: int, fd: int) -> list[LockLine]:
+        """The locks that /proc/PID/fdinfo/FD lists for this descriptor (same uid or root)."""
+        text = self._read(pid, f"fdinfo/{fd}").decode("ascii", "replace")
+        body = "\n".join(
+            line.partition("\t")[2] for line in text.splitlines() if line.startswith("lock:")
+        )
+        return parse_locks(body)[0]
+
+    def sample(self, pid: int, threads: bool = False) -> ProcSample:
+        """State and CPU time of `pid`; with `threads`, each thread's state and CPU ns too."""
+        state, cpu, start = parse_stat(self._read(pid, "stat"))
+        per_thread: tuple[tuple[int, str, int], ...] = ()
+        if threads:
+            per_thread = tuple(self._threads(pid))
+        return ProcSample(pid, start, state, cpu / self.clock_ticks, per_thread)
+
+    def _threads(self, pid: int) -> Iterator[tuple[int, str, int]]:
+        with self._reading(pid, "task"):
+            tids = os.listdir(f"{self.root}/{pid}/task")
+        for tid in tids:
+            try:
+                state, ticks, _ = parse_stat(self._read(pid, f"task/{tid}/stat"))
+                try:
+                    ns = int(self._read(pid, f"task/{tid}/schedstat").split()[0])
+                except (AccessDenied, NoSuchProcess, ValueError, IndexError):
+                    ns = ticks * 1_000_000_000 // self.clock_ticks  # no schedstat: tick precision
+            except NoSuchProcess:
+                continue  # the thread exited between the listing and the read
+            yield int(tid), state, ns
+
+    def cmdline(self, pid: int) -> str:
+        command = parse_cmdline(self._read(pid, "cmdline"))
+        if not command:  # kernel thread or zombie: fall back to the name in stat, as ps does
+            data = self._read(pid, "stat")
+            command = (
+                "["
+                + data[data.index(b"(") + 1 : data.rindex(b")")].decode("utf-8", "backslashreplace")
+                + "]"
+            )
+        return command
+
+    def uid(self, pid: int) -> int:
+        """The effective uid (what ps shows as USER)."""
+        for line in self._read(pid, "status").splitlines():
+            if line.startswith(b"Uid:"):
+                return int(line.split()[2])
+        raise NoSuchProcess(pid)

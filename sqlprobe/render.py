@@ -1,0 +1,266 @@
+"""Output: the JSON document and the human report, both views of one Snapshot and its Verdict.
+
+JSON is built from the records, never from table cells. Text from other processes (command
+lines, paths) goes through `text.safe` before it reaches a terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from typing import Any
+
+from .effects import outcome
+from .model import DatabaseSnapshot, FileKind, Lock, Mode, Snapshot
+from .targets import opencode_data_dir
+from .text import safe, shorten
+from .verdict import DatabaseVerdict, State, Verdict
+
+SCHEMA = 1
+
+COLOURS = {
+    State.CLEAR: "green",
+    State.SHARED: "cyan",
+    State.BUSY: "yellow",
+    State.STUCK: "red",
+    State.ERROR: "red",
+}
+
+
+# -- JSON ---------------------------------------------------------------------------------------
+
+
+def to_json(snapshot: Snapshot, verdict: Verdict) -> dict[str, Any]:
+    """The `--json` document (schema 1, documented in the README; extend it, never break it)."""
+    doc: dict[str, Any] = {
+        "schema": SCHEMA,
+        "target": snapshot.target,
+        "verdict": verdict.state.value,
+        "exit_code": int(verdict.exit_code),
+        "reason": verdict.reason,
+        "databases": [
+            _database_json(db, dv)
+            for db, dv in zip(snapshot.databases, verdict.databases, strict=True)
+        ],
+        "uninspected_processes": snapshot.uninspected_processes,
+        "warnings": list(snapshot.warnings),
+        "window": {"seconds": snapshot.window_s, "samples": snapshot.samples},
+    }
+    if snapshot.note:
+        doc["note"] = snapshot.note
+    return doc
+
+
+def _database_json(db: DatabaseSnapshot, dv: DatabaseVerdict) -> dict[str, Any]:
+    first = db.observations[0] if db.observations else None
+    last = db.observations[-1] if db.observations else None
+    locks = first.locks if first else ()
+    holders = []
+    for h in db.holders:
+        sample = last.proc(h.pid) if last else None
+        mine = [lk for lk in locks if lk.pid == h.pid]
+        stuck = next((b.stuck for b in dv.blockers if b.lock.pid == h.pid and b.stuck), None)
+        holders.append(
+            {
+                "pid": h.pid,
+                "command": h.command,
+                "user": h.user,
+                "uid": h.uid,
+                "state": sample.state if sample else None,
+                "age_s": h.age_s,
+                "cpu_s": round(sample.cpu_s, 2) if sample else None,
+                "files": [k.value for k in h.files],
+                "fds_readable": h.fds_readable,
+                "locks": [_lock_json(lk, dv) for lk in mine if not lk.waiter],
+                "waiting_for": [_lock_json(lk, dv) for lk in mine if lk.waiter],
+                "stuck": stuck,
+            }
+        )
+    return {
+        "path": db.path,
+        "exists": db.exists,
+        "verdict": dv.state.value,
+        "reason": dv.reason,
+        "journal_mode": dv.journal_mode.value,
+        "size": db.size,
+        "files": {f.kind.value: f.key is not None for f in db.files},
+        "holders": holders,
+        "unattributed_locks": [_lock_json(lk, dv) for lk in locks if lk.pid is None],
+        "blockers": [
+            {
+                "pid": b.lock.pid,
+                "file": b.lock.file.value,
+                "lock": b.lock.name,
+                "mode": b.lock.mode.value,
+                "outcome": b.outcome.name.lower(),
+                "stuck": b.stuck,
+            }
+            for b in dv.blockers
+        ],
+    }
+
+
+def _lock_json(lock: Lock, dv: DatabaseVerdict) -> dict[str, Any]:
+    return {
+        "file": lock.file.value,
+        "lock": lock.name,
+        "mode": lock.mode.value,
+        "start": lock.range.start,
+        "end": lock.range.end,
+        "class": lock.lock_class,
+        "source": lock.source,
+        "persisted": lock.identity in dv.persisted,
+        "blocks": outcome(lock, dv.journal_mode) is not None,
+    }
+
+
+# -- human ----------------------------------------------------------------------------------------
+
+
+def human(snapshot: Snapshot, verdict: Verdict, style: Any) -> str:
+    """The human report: the verdict line, a table per database, warnings, what to do.
+
+    `style(text, fg=..., bold=...)` colours text (click.style, or a no-op without colour).
+    """
+    out = [f"{style(verdict.state.value, fg=COLOURS[verdict.state], bold=True)}: {verdict.reason}"]
+    windowed = snapshot.samples > 1
+    for db, dv in zip(snapshot.databases, verdict.databases, strict=True):
+        if dv.state is State.CLEAR and len(snapshot.databases) == 1:
+            continue  # the verdict line already says all there is
+        out.append("")
+        head = f"{safe(db.path)}  [{dv.journal_mode.value}]  "
+        out.append(head + style(dv.state.value, fg=COLOURS[dv.state]))
+        if len(snapshot.databases) > 1 and dv.state is not State.CLEAR:
+            out.append(f"  {dv.reason}")
+        if db.holders:
+            out.append(_indent(_holder_table(db, dv, windowed)))
+        hidden = [lk for lk in (db.observations[0].locks if db.observations else ()) if not lk.pid]
+        if hidden:
+            cells = ", ".join(_lock_cell(lk, dv, windowed) for lk in hidden)
+            out.append(f"  locks whose holder sqlprobe cannot see: {cells}")
+    legend = _legend(snapshot, verdict, windowed)
+    if legend:
+        out.append("")
+        out.extend(legend)
+    for warning in snapshot.warnings:
+        out.append(style(f"warning: {safe(warning)}", fg="yellow"))
+    advice = _advice(snapshot, verdict)
+    if advice:
+        out.append("")
+        out.append("What you can do:")
+        out.extend(f"  - {line}" for line in advice)
+    return "\n".join(out)
+
+
+def _holder_table(db: DatabaseSnapshot, dv: DatabaseVerdict, windowed: bool) -> str:
+    from tabulate import tabulate  # only the table needs it: keep it off the --quiet path
+
+    last = db.observations[-1]
+    first = db.observations[0]
+    rows = []
+    for h in db.holders:
+        sample = last.proc(h.pid)
+        locks = [lk for lk in first.locks if lk.pid == h.pid]
+        rows.append(
+            [
+                h.pid,
+                h.user or "?",
+                sample.state if sample else "?",
+                _duration(h.age_s),
+                f"{sample.cpu_s:.2f}s" if sample else "?",
+                ",".join(k.value for k in h.files) if h.fds_readable else "?",
+                " ".join(_lock_cell(lk, dv, windowed) for lk in locks) or "-",
+                shorten(safe(h.command), 60) or "?",
+            ]
+        )
+    headers = ["PID", "USER", "STATE", "AGE", "CPU", "FILES", "LOCKS", "COMMAND"]
+    return tabulate(rows, headers=headers, tablefmt="plain", disable_numparse=True)
+
+
+def _lock_cell(lock: Lock, dv: DatabaseVerdict, windowed: bool) -> str:
+    """`wal-write:EX*`: name, :EX when exclusive, * when it blocks, ~ when it did not persist."""
+    text = f"{lock.file.value}:{lock.name}" if lock.file is not FileKind.SHM else lock.name
+    if lock.mode is Mode.EXCLUSIVE and lock.name != "exclusive":
+        text += ":EX"
+    if lock.waiter:
+        text = "waits:" + text
+    elif outcome(lock, dv.journal_mode) is not None:
+        text += "*" if lock.identity in dv.persisted else "~"
+    elif windowed and lock.identity not in dv.persisted:
+        text += "~"
+    return text
+
+
+def _legend(snapshot: Snapshot, verdict: Verdict, windowed: bool) -> list[str]:
+    cells = " ".join(
+        _lock_cell(lk, dv, windowed)
+        for db, dv in zip(snapshot.databases, verdict.databases, strict=True)
+        for obs in db.observations[:1]
+        for lk in obs.locks
+    )
+    lines = []
+    if "*" in cells:
+        lines.append("  * a lock a new instance needs, held for the whole window")
+    if "~" in cells:
+        lines.append("  ~ seen at first, released within the window")
+    if ":EX" in cells:
+        lines.append("  :EX held exclusively (the others are shared)")
+    return lines
+
+
+def _advice(snapshot: Snapshot, verdict: Verdict) -> list[str]:
+    state = verdict.state
+    if state in (State.CLEAR, State.ERROR):
+        return []
+    blockers = [b for dv in verdict.databases for b in dv.blockers]
+    target = shlex.quote(snapshot.target)
+    data_dir = opencode_data_dir(os.environ)
+    isolate = (
+        "isolate the run: OPENCODE_DB=$(mktemp -d)/opencode.db opencode run ... gives it its own"
+        " database while credentials stay shared (its session is not in the shared history);"
+        f" a per-run XDG_DATA_HOME also works but needs {safe(data_dir)}/auth.json copied in"
+    )
+    if state is State.SHARED:
+        return [
+            "nothing blocks a new instance now; a holder that starts writing could still make a "
+            f"later run wait: re-check right before it (sqlprobe check {target}), or {isolate}"
+        ]
+    lines = []
+    stuck = [b for b in blockers if b.stuck]
+    pids = sorted({b.lock.pid for b in (stuck or blockers) if b.lock.pid})
+    if state is State.STUCK:
+        lines.append("waiting will not help: the holder is making no progress")
+        if any(b.stuck and "stopped" in b.stuck for b in stuck):
+            lines.append(f"resume a stopped holder with kill -CONT {' '.join(map(str, pids))}")
+    else:
+        lines.append(
+            f"wait: a working holder releases its lock when its transaction ends; check again with"
+            f" sqlprobe check {target}"
+        )
+    if pids:
+        pid_args = ",".join(map(str, pids))
+        lines.append(
+            f"look at the holder: ps -o pid,stat,etime,time,args -p {pid_args}; cat /proc/"
+            f"{pids[0]}/wchan"
+        )
+    else:
+        lines.append("the holder runs outside this pid namespace: run sqlprobe on the host")
+    lines.append(isolate)
+    return lines
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())

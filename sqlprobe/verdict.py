@@ -1,0 +1,223 @@
+"""The verdict: a pure function of a Snapshot. No I/O, no clock, no exit.
+
+Per database: `error` when it could not be judged; `busy` when a lock that a new instance needs
+(effects.py) was held in every observation of the window; `stuck` when, besides, its holder made
+no progress; `shared` when other processes have it open without such a lock; else `clear`.
+The worst database decides for the whole target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, IntEnum
+
+from .effects import Outcome, describe, effective_mode, outcome
+from .model import DatabaseSnapshot, JournalMode, Lock, Observation, Snapshot
+from .text import safe, shorten
+
+
+class State(str, Enum):
+    CLEAR = "clear"
+    SHARED = "shared"
+    BUSY = "busy"
+    STUCK = "stuck"
+    ERROR = "error"
+
+
+class ExitCode(IntEnum):
+    """sqlprobe's exit codes; one per verdict, plus click's usage error and a crash."""
+
+    CLEAR = 0
+    CRASH = 1  # an unexpected error inside sqlprobe: a bug
+    USAGE = 2  # click's usage error: bad options or arguments
+    SHARED = 3
+    BUSY = 4
+    STUCK = 5
+    ERROR = 6
+
+
+EXIT_CODES = {state: ExitCode[state.name] for state in State}
+
+# Which database decides for the whole target: a definite block outranks "cannot judge".
+SEVERITY = {State.CLEAR: 0, State.SHARED: 1, State.ERROR: 2, State.BUSY: 3, State.STUCK: 4}
+
+ASLEEP = frozenset("SDI")  # thread states that are waiting, not running
+STOPPED = {"T": "is stopped (state T)", "t": "is stopped by a tracer (state t)"}
+COMMAND_WIDTH = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Blocker:
+    """A lock that persisted across the window and that a new instance would run into."""
+
+    lock: Lock
+    outcome: Outcome
+    stuck: str | None  # the clause of the stuck rule that applied, or None: busy, not stuck
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseVerdict:
+    path: str
+    state: State
+    reason: str
+    journal_mode: JournalMode  # effective: the header's, or inferred from the locks
+    blockers: tuple[Blocker, ...] = ()
+    persisted: frozenset[tuple] = frozenset()  # Lock.identity of the locks held all window
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    state: State
+    reason: str
+    databases: tuple[DatabaseVerdict, ...] = ()
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return EXIT_CODES[self.state]
+
+
+def judge(snapshot: Snapshot) -> Verdict:
+    """The verdict for a whole target: the worst of its databases."""
+    if snapshot.error:
+        return Verdict(State.ERROR, snapshot.error)
+    if not snapshot.databases:
+        return Verdict(State.CLEAR, snapshot.note or "nothing to check")
+    verdicts = tuple(judge_database(db, snapshot.window_s) for db in snapshot.databases)
+    worst = max(verdicts, key=lambda v: SEVERITY[v.state])
+    reason = worst.reason
+    if len(verdicts) > 1 and worst.state is not State.CLEAR:
+        reason = f"{safe(worst.path)}: {reason}"
+    if worst.state in (State.CLEAR, State.SHARED) and snapshot.uninspected_processes:
+        n = snapshot.uninspected_processes
+        reason += (
+            f" ({n} process{'es' if n != 1 else ''} could not be inspected: their open files are"
+            " unknown, though any lock they hold would have been seen)"
+        )
+    return Verdict(worst.state, reason, verdicts)
+
+
+def judge_database(db: DatabaseSnapshot, window_s: float) -> DatabaseVerdict:
+    mode = db.journal_mode
+    if db.error:
+        return DatabaseVerdict(db.path, State.ERROR, db.error, mode)
+    if not db.exists:
+        reason = f"{safe(db.path)} does not exist: a new instance would create it"
+        return DatabaseVerdict(db.path, State.CLEAR, reason, mode)
+    observations = db.observations
+    first = observations[0].locks if observations else ()
+    mode = effective_mode(mode, first)
+    persisted = persisting(observations)
+    blockers = []
+    for lock in first:
+        effect = outcome(lock, mode)
+        if effect is not None and lock.identity in persisted:
+            blockers.append(Blocker(lock, effect, stuck_clause(lock.pid, observations)))
+    if blockers:
+        blockers.sort(key=lambda b: b.stuck is None)  # a stuck holder is the one to name
+        top = blockers[0]
+        state = State.STUCK if top.stuck else State.BUSY
+        reason = _blocked_reason(db, top, len(observations), window_s)
+        return DatabaseVerdict(db.path, state, reason, mode, tuple(blockers), persisted)
+    holders = [h for h in db.holders]
+    if holders or first:
+        pids = sorted({h.pid for h in holders} | {lk.pid for lk in first if lk.pid})
+        who = _pid_list(pids) if pids else "a process sqlprobe cannot see"
+        reason = (
+            f"{who} {'has' if len(pids) == 1 else 'have'} it open, but no lock that a new instance"
+            " needs: it would start alongside"
+        )
+        transient = [lk for lk in first if outcome(lk, mode) and lk.identity not in persisted]
+        if transient:
+            reason += (
+                f" ({describe(transient[0])} was taken by {_who(db, transient[0])} but released"
+                " within the window)"
+            )
+        return DatabaseVerdict(db.path, State.SHARED, reason, mode, (), persisted)
+    reason = f"no other process holds {safe(db.path)} or its side files"
+    return DatabaseVerdict(db.path, State.CLEAR, reason, mode, (), persisted)
+
+
+def persisting(observations: tuple[Observation, ...]) -> frozenset[tuple]:
+    """The identities of the locks present in every observation, held by the same process.
+
+    A pid reused by a new process between two samples (psutil's rule) does not count as the same
+    holder: its start time differs.
+    """
+    if not observations:
+        return frozenset()
+    common = {lock.identity for lock in observations[0].locks}
+    for obs in observations[1:]:
+        common &= {lock.identity for lock in obs.locks}
+    starts: dict[int, set[int]] = {}
+    for obs in observations:
+        for proc in obs.procs:
+            starts.setdefault(proc.pid, set()).add(proc.start_ticks)
+    return frozenset(i for i in common if i[3] is None or len(starts.get(i[3], ())) <= 1)
+
+
+def stuck_clause(pid: int | None, observations: tuple[Observation, ...]) -> str | None:
+    """Which clause of the stuck rule holds for `pid` across the window, or None.
+
+    Stuck: stopped or traced all window; or itself waiting on a lock all window; or no CPU used
+    while every thread slept in every sample. Needs at least two observations of the process.
+    """
+    if pid is None or len(observations) < 2:
+        return None
+    samples = [obs.proc(pid) for obs in observations]
+    if any(s is None for s in samples):
+        return None  # gone or unreadable in some sample: no evidence either way
+    states = {s.state for s in samples if s}
+    if len(states) == 1 and (clause := STOPPED.get(next(iter(states)))):
+        return clause
+    if all(any(lk.waiter and lk.pid == pid for lk in obs.locks) for obs in observations):
+        waited = next(lk for lk in observations[-1].locks if lk.waiter and lk.pid == pid)
+        return f"is itself waiting on {describe(waited)} held by another process"
+    if samples[0].cpu_s != samples[-1].cpu_s:  # type: ignore[union-attr]
+        return None
+    # Threads are sampled from the second look on, once a blocking lock was seen.
+    threaded = [s for s in samples if s and s.threads]
+    if len(threaded) < 2:
+        return None  # no evidence of sleep
+    first, last = threaded[0], threaded[-1]
+    if {t[0] for t in first.threads} != {t[0] for t in last.threads}:
+        return None  # threads came or went: something is happening
+    if sum(t[2] for t in last.threads) != sum(t[2] for t in first.threads):
+        return None
+    if all(t[1] in ASLEEP for s in threaded for t in s.threads):
+        n = len(last.threads)
+        threads = "its only thread" if n == 1 else f"all {n} threads"
+        return f"used no CPU, {threads} asleep"
+    return None
+
+
+def _who(db: DatabaseSnapshot, lock: Lock) -> str:
+    if lock.pid is None:
+        if lock.lock_class == "OFDLCK":
+            return "a process sqlprobe cannot name (an open-file-description lock)"
+        return "a process outside this pid namespace (seen only through F_GETLK)"
+    holder = db.holder(lock.pid)
+    if holder is None or not holder.command:
+        return f"pid {lock.pid}"
+    return f"pid {lock.pid} ({shorten(safe(holder.command), COMMAND_WIDTH)})"
+
+
+def _blocked_reason(db: DatabaseSnapshot, blocker: Blocker, samples: int, window_s: float) -> str:
+    lock = blocker.lock
+    held = (
+        f"has held {describe(lock)} for the whole {window_s:g} s window"
+        if samples > 1
+        else f"holds {describe(lock)} (seen once: no observation window)"
+    )
+    reason = f"{_who(db, lock)} {held}"
+    if blocker.stuck:
+        reason += f" and {blocker.stuck}"
+    reason += f": a new instance would {blocker.outcome.value}"
+    if blocker.stuck:
+        reason += "; waiting will not help"
+    return reason
+
+
+def _pid_list(pids: list[int]) -> str:
+    shown = ", ".join(str(p) for p in pids[:5])
+    more = f" and {len(pids) - 5} more" if len(pids) > 5 else ""
+    return f"pid{'s' if len(pids) > 1 else ''} {shown}{more}"
