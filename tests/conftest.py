@@ -1,0 +1,122 @@
+"""Shared fixtures: real databases, real holder processes (killed at teardown), the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from sqlprobe.cli import cli
+
+HERE = Path(__file__).parent
+HOLDER = HERE / "holder.py"
+FIXTURES = HERE.parent / "fixtures"
+READY_TIMEOUT = 15.0
+
+
+def make_db(path: Path, wal: bool = True, rows: int = 3) -> Path:
+    """A small real database; closed again, so that no process of the test holds it."""
+    conn = sqlite3.connect(path)
+    conn.execute(f"pragma journal_mode={'wal' if wal else 'delete'}")
+    conn.execute("create table if not exists t(x)")
+    conn.executemany("insert into t values (?)", [(i,) for i in range(rows)])
+    conn.commit()
+    conn.close()
+    return path
+
+
+@pytest.fixture
+def wal_db(tmp_path: Path) -> Path:
+    return make_db(tmp_path / "opencode.db", wal=True)
+
+
+@pytest.fixture
+def rollback_db(tmp_path: Path) -> Path:
+    return make_db(tmp_path / "opencode.db", wal=False)
+
+
+class Holder:
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+
+    def stop(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def end(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGCONT)
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream:
+                stream.close()
+
+
+@pytest.fixture
+def holder() -> Iterator[Callable[..., Holder]]:
+    """Start holder processes: `holder(db, "wal-write", "--spin")`; all killed at teardown."""
+    started: list[Holder] = []
+
+    def start(db: Path | str, state: str, *args: str, wrapper: list[str] | None = None) -> Holder:
+        cmd = [*(wrapper or []), sys.executable, str(HOLDER), str(db), state, *args]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        h = Holder(proc)
+        started.append(h)
+        ready, _, _ = select.select([proc.stdout], [], [], READY_TIMEOUT)
+        line = proc.stdout.readline() if ready else ""  # type: ignore[union-attr]
+        assert line.startswith("ready "), f"holder {state} did not get ready: {line!r}"
+        h.pid = int(line.split()[1])  # the holder itself, even behind a wrapper
+        return h
+
+    yield start
+    for h in started:
+        h.end()
+
+
+@pytest.fixture
+def run() -> Callable[..., Any]:
+    """Run the CLI in-process: `run("check", path, "--json")` -> click Result."""
+    runner = CliRunner()
+
+    def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
+        return runner.invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def check_json(run: Callable[..., Any]) -> Callable[..., tuple[dict[str, Any], int]]:
+    """`check_json(path, *options)` -> (the JSON document, exit code)."""
+
+    def go(*args: Any, env: dict[str, str] | None = None) -> tuple[dict[str, Any], int]:
+        result = run("check", *args, "--json", env=env)
+        return json.loads(result.stdout), result.exit_code
+
+    return go
+
+
+def lock_names(holder_doc: dict[str, Any]) -> set[tuple[str, str, str]]:
+    """{(file, lock, mode)} of one holder in the JSON document."""
+    return {(lk["file"], lk["lock"], lk["mode"]) for lk in holder_doc["locks"]}
+
+
+def only_holder(doc: dict[str, Any], pid: int) -> dict[str, Any]:
+    """The holder `pid` of the first database; fails if there are other holders."""
+    holders = doc["databases"][0]["holders"]
+    assert [h["pid"] for h in holders] == [pid], holders
+    return holders[0]
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0

@@ -1,0 +1,73 @@
+"""A holder process for the tests: opens a database with Python's sqlite3 and holds a state.
+
+    python holder.py DB STATE [--spin]
+
+Prints `ready <pid>` once the state is held, then holds it until stdin closes (so it never
+outlives the test that started it). With --spin the main thread burns CPU while holding, like a
+working writer; without it the process sleeps, like a stuck one.
+
+States: wal-idle, wal-read, wal-write, wal-exclusive, rollback-read, rollback-reserved,
+rollback-exclusive, wal-commit-loop (short write transactions, back to back).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import threading
+import time
+
+
+def hold(db: str, state: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(db, isolation_level=None, timeout=5)
+    if state == "wal-exclusive":
+        # Before anything reads the WAL: in exclusive locking mode SQLite then uses no -shm.
+        conn.execute("pragma locking_mode=exclusive")
+    if state.startswith("wal"):
+        conn.execute("pragma journal_mode=wal")
+    else:
+        conn.execute("pragma journal_mode=delete")
+    if state == "wal-idle":
+        conn.execute("select count(*) from t").fetchall()  # takes SHARED on db and DMS on shm
+    elif state in ("wal-read", "rollback-read"):
+        conn.execute("begin")
+        conn.execute("select count(*) from t").fetchall()
+    elif state == "wal-write":
+        conn.execute("begin immediate")
+        conn.execute("insert into t values (1)")
+    elif state == "wal-exclusive":
+        conn.execute("begin exclusive")
+        conn.execute("insert into t values (1)")
+        conn.execute("commit")
+    elif state == "rollback-reserved":
+        conn.execute("begin immediate")
+    elif state == "rollback-exclusive":
+        conn.execute("begin exclusive")
+    elif state != "wal-commit-loop":
+        raise SystemExit(f"unknown state {state}")
+    return conn
+
+
+def main() -> None:
+    db, state = sys.argv[1], sys.argv[2]
+    spin = "--spin" in sys.argv[3:]
+    conn = hold(db, state)
+    # Exit as soon as the test closes our stdin (or dies).
+    threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
+    print("ready", os.getpid(), flush=True)
+    if state == "wal-commit-loop":
+        while True:
+            conn.execute("begin immediate")
+            conn.execute("insert into t values (2)")
+            conn.execute("commit")
+            time.sleep(0.002)
+    while True:
+        if spin:
+            sum(range(10_000))
+        else:
+            time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()

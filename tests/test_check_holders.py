@@ -1,0 +1,167 @@
+"""`sqlprobe check` against real holder processes, one SQLite state each."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from conftest import lock_names, make_db, only_holder
+
+SHM, DB = "shm", "db"
+SHARED, EXCL = "shared", "exclusive"
+
+
+def test_nothing_open_is_clear(wal_db, check_json):
+    doc, code = check_json(wal_db)
+    assert (doc["verdict"], code, doc["exit_code"]) == ("clear", 0, 0)
+    assert doc["databases"][0]["holders"] == []
+    assert doc["databases"][0]["journal_mode"] == "wal"
+    assert doc["window"]["samples"] == 1  # nothing blocking: answered at once
+
+
+def test_idle_wal_connection_is_shared(wal_db, holder, check_json):
+    h = holder(wal_db, "wal-idle")
+    doc, code = check_json(wal_db)
+    assert (doc["verdict"], code) == ("shared", 3)
+    mine = only_holder(doc, h.pid)
+    assert lock_names(mine) == {(DB, "shared", SHARED), (SHM, "dms", SHARED)}
+    assert mine["files"] == ["db", "wal", "shm"]
+    assert mine["command"].endswith(f"holder.py {wal_db} wal-idle")
+    assert str(h.pid) in doc["reason"]
+
+
+def test_wal_read_transaction_is_shared(wal_db, holder, check_json):
+    h = holder(wal_db, "wal-read")
+    doc, code = check_json(wal_db)
+    assert (doc["verdict"], code) == ("shared", 3)
+    names = lock_names(only_holder(doc, h.pid))
+    assert {(DB, "shared", SHARED), (SHM, "dms", SHARED)} < names
+    assert any(f == SHM and n.startswith("wal-read-") and m == SHARED for f, n, m in names)
+
+
+def test_writer_holding_wal_write_lock_is_busy(wal_db, holder, check_json):
+    h = holder(wal_db, "wal-write", "--spin")
+    doc, code = check_json(wal_db)
+    assert (doc["verdict"], code) == ("busy", 4)
+    assert (SHM, "wal-write", EXCL) in lock_names(only_holder(doc, h.pid))
+    blocker = doc["databases"][0]["blockers"][0]
+    assert (blocker["pid"], blocker["lock"], blocker["stuck"]) == (h.pid, "wal-write", None)
+    assert f"pid {h.pid} (" in doc["reason"]
+    assert "WAL write lock for the whole 0.3 s window" in doc["reason"]
+    assert '"database is locked"' in doc["reason"]
+    assert doc["window"]["samples"] > 2
+
+
+def test_locking_mode_exclusive_is_busy(wal_db, holder, check_json):
+    h = holder(wal_db, "wal-exclusive", "--spin")
+    doc, code = check_json(wal_db)
+    assert (doc["verdict"], code) == ("busy", 4)
+    names = lock_names(only_holder(doc, h.pid))
+    assert (DB, "exclusive", EXCL) in names
+    assert not os.path.exists(f"{wal_db}-shm")  # exclusive locking mode uses no -shm
+    assert "EXCLUSIVE lock on the database" in doc["reason"]
+
+
+def test_rollback_reader_is_busy(rollback_db, holder, check_json):
+    h = holder(rollback_db, "rollback-read", "--spin")
+    doc, code = check_json(rollback_db)
+    assert (doc["verdict"], code) == ("busy", 4)
+    assert doc["databases"][0]["journal_mode"] == "rollback"
+    assert lock_names(only_holder(doc, h.pid)) == {(DB, "shared", SHARED)}
+    assert "switch the database to WAL" in doc["reason"]
+
+
+def test_rollback_reserved_is_busy_and_fails_at_once(rollback_db, holder, check_json):
+    h = holder(rollback_db, "rollback-reserved", "--spin")
+    doc, code = check_json(rollback_db)
+    assert (doc["verdict"], code) == ("busy", 4)
+    assert lock_names(only_holder(doc, h.pid)) == {(DB, "reserved", EXCL), (DB, "shared", SHARED)}
+    assert "fail at once" in doc["reason"]
+
+
+def test_rollback_exclusive_decodes_merged_range(rollback_db, holder, check_json):
+    h = holder(rollback_db, "rollback-exclusive", "--spin")
+    doc, code = check_json(rollback_db)
+    assert (doc["verdict"], code) == ("busy", 4)
+    # One merged WRITE 1073741824..1073742335 line in /proc/locks: three locks.
+    assert lock_names(only_holder(doc, h.pid)) == {
+        (DB, "pending", EXCL),
+        (DB, "reserved", EXCL),
+        (DB, "exclusive", EXCL),
+    }
+
+
+def test_stopped_writer_is_stuck(wal_db, holder, check_json):
+    h = holder(wal_db, "wal-write", "--spin")
+    h.stop()
+    doc, code = check_json(wal_db)
+    assert (doc["verdict"], code) == ("stuck", 5)
+    mine = only_holder(doc, h.pid)
+    assert mine["state"] == "T"
+    assert mine["stuck"] == "is stopped (state T)"
+    assert "waiting will not help" in doc["reason"]
+
+
+def test_sleeping_writer_using_no_cpu_is_stuck(wal_db, holder, check_json):
+    h = holder(wal_db, "wal-write")  # holds the write lock and sleeps
+    doc, code = check_json(wal_db)
+    assert (doc["verdict"], code) == ("stuck", 5)
+    assert only_holder(doc, h.pid)["stuck"].startswith("used no CPU")
+
+
+def test_window_zero_judges_on_one_look(wal_db, holder, check_json):
+    h = holder(wal_db, "wal-write")
+    doc, code = check_json(wal_db, "--window", "0")
+    assert (doc["verdict"], code) == ("busy", 4)  # no window: no evidence of being stuck
+    assert doc["window"]["samples"] == 1
+    assert doc["databases"][0]["blockers"][0]["pid"] == h.pid
+
+
+def test_short_write_transactions_do_not_count_as_busy(wal_db, holder, check_json):
+    holder(wal_db, "wal-commit-loop")
+    verdicts = {check_json(wal_db)[0]["verdict"] for _ in range(5)}
+    assert verdicts == {"shared"}
+
+
+def test_busy_answer_takes_about_the_window(wal_db, holder, run):
+    holder(wal_db, "wal-write", "--spin")
+    started = time.monotonic()
+    result = run("check", wal_db, "-q", "--window", "0.5")
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 4 and result.stdout == ""
+    assert 0.5 <= elapsed  # the lock had to persist across the whole window
+
+
+def test_directory_worst_database_wins(tmp_path, holder, check_json):
+    make_db(tmp_path / "opencode.db")
+    beta = make_db(tmp_path / "opencode-beta.db")
+    h = holder(beta, "wal-write", "--spin")
+    doc, code = check_json(tmp_path)
+    assert (doc["verdict"], code) == ("busy", 4)
+    assert [(d["path"], d["verdict"]) for d in doc["databases"]] == [
+        (str(tmp_path / "opencode-beta.db"), "busy"),
+        (str(tmp_path / "opencode.db"), "clear"),
+    ]
+    assert doc["reason"].startswith(f"{beta}: pid {h.pid}")
+
+
+def test_holder_through_symlinked_data_dir_is_found(tmp_path, holder, check_json):
+    real = tmp_path / "real"
+    real.mkdir()
+    make_db(real / "opencode.db")
+    (tmp_path / "link").symlink_to(real)
+    h = holder(tmp_path / "link" / "opencode.db", "wal-idle")
+    doc, _ = check_json(tmp_path / "link")
+    assert only_holder(doc, h.pid)["files"] == ["db", "wal", "shm"]
+    assert doc["databases"][0]["path"] == str(real / "opencode.db")
+
+
+def test_human_report_names_holder_and_lock(wal_db, holder, run):
+    h = holder(wal_db, "wal-write", "--spin")
+    result = run("check", wal_db)
+    assert result.exit_code == 4
+    first = result.stdout.splitlines()[0]
+    assert first.startswith(f"busy: pid {h.pid} (")
+    assert "wal-write:EX*" in result.stdout
+    assert "What you can do:" in result.stdout
+    assert "\x1b[" not in result.stdout  # no colour when not a terminal
