@@ -81,7 +81,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("path", required=False, type=click.Path(path_type=str))
+@click.argument("path", required=False, type=click.Path(path_type=str, readable=False))
 @click.option(
     "--window",
     type=click.FloatRange(0, 10),
