@@ -13,7 +13,7 @@ from typing import Any
 from .effects import outcome
 from .model import DatabaseSnapshot, FileKind, Lock, Mode, Snapshot
 from .targets import opencode_data_dir
-from .text import safe, shorten
+from .text import safe
 from .verdict import DatabaseVerdict, State, Verdict
 
 SCHEMA = 1
@@ -170,7 +170,7 @@ def _holder_table(db: DatabaseSnapshot, dv: DatabaseVerdict, windowed: bool) -> 
                 f"{sample.cpu_s:.2f}s" if sample else "?",
                 ",".join(k.value for k in h.files) if h.fds_readable else "?",
                 " ".join(_lock_cell(lk, dv, windowed) for lk in locks) or "-",
-                shorten(safe(h.command), 60) or "?",
+                safe(h.command) or "?",
             ]
         )
     headers = ["PID", "USER", "STATE", "AGE", "CPU", "FILES", "LOCKS", "COMMAND"]

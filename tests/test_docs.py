@@ -1,0 +1,82 @@
+"""The README tells the truth: exit codes, commands, the set-up steps CI runs, the JSON schema."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sqlprobe.cli import cli
+from sqlprobe.verdict import ExitCode, State
+
+ROOT = Path(__file__).parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def _code_blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README, re.S)
+
+
+def test_readme_exit_code_table_matches_the_enum():
+    rows = re.findall(r"^\| (\w+) \| (\d) \|", README, re.M)
+    assert {name: int(code) for name, code in rows} == {
+        s.value: int(ExitCode[s.name]) for s in State
+    }
+
+
+def test_every_command_has_a_readme_section():
+    for name in cli.commands:
+        assert f"## `sqlprobe {name}" in README, name
+
+
+def test_ci_runs_exactly_the_readme_set_up_commands():
+    install, tests = (block.strip() for block in _code_blocks("sh")[:2])
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert install.startswith("python3 -m venv .venv") and install in ci.splitlines()
+    assert tests == ".venv/bin/python -m pytest" and tests in ci.splitlines()
+
+
+def _keys(value: object, prefix: str = "") -> set[str]:
+    """Every key path of a JSON value, lists flattened: `databases[].holders[].pid`."""
+    if isinstance(value, dict):
+        out = set()
+        for key, sub in value.items():
+            out |= {f"{prefix}{key}"} | _keys(sub, f"{prefix}{key}.")
+        return out
+    if isinstance(value, list):
+        return (
+            set().union(*(_keys(v, prefix.rstrip(".") + "[].") for v in value)) if value else set()
+        )
+    return set()
+
+
+def test_readme_json_example_matches_a_real_document(wal_db, holder, run):
+    holder(wal_db, "wal-write", "--spin")
+    real = json.loads(run("check", wal_db, "--json").stdout)
+    (example,) = (json.loads(b) for b in _code_blocks("json"))
+    assert _keys(example) == _keys(real)
+
+
+def test_readme_json_field_table_covers_every_top_level_and_database_field(wal_db, run):
+    doc = json.loads(run("check", wal_db, "--json").stdout)
+    table = README[README.index("| field | meaning |") :]
+    self_evident = {"schema", "target", "databases", "path", "holders", "verdict", "reason"}
+    for key in {*doc, *doc["databases"][0], "note"} - self_evident:
+        assert re.search(rf"`(databases\[\]\.)?{key}(\[\])?[`.]", table), key
+
+
+@pytest.mark.skipif(
+    shutil.which("ruff", path=str(Path(sys.executable).parent)) is None
+    and shutil.which("ruff") is None,
+    reason="ruff is not installed (dev extra)",
+)
+@pytest.mark.parametrize("args", [["check", "."], ["format", "--check", "."]])
+def test_ruff_is_clean(args):
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    proc = subprocess.run([ruff, *args], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
