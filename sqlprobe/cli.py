@@ -107,7 +107,6 @@ def check(path: str | None, window: float, as_json: bool, quiet: bool) -> None:
       sqlprobe check ~/.local/share/opencode --json | jq .verdict
       sqlprobe check -q app.db || echo "not clear: exit $?"
     """
-    from .render import human, to_json
     from .snapshot import check as take_snapshot
     from .verdict import State, judge
 
@@ -116,14 +115,20 @@ def check(path: str | None, window: float, as_json: bool, quiet: bool) -> None:
     snapshot = take_snapshot(path, window=window)
     verdict = judge(snapshot)
     click.get_current_context().meta["exit_code"] = int(verdict.exit_code)
+    if quiet:
+        sys.exit(int(verdict.exit_code))
+    from .render import human, to_json  # only needed when there is something to print
+
     if as_json:
         click.echo(json.dumps(to_json(snapshot, verdict), indent=2))
-    elif not quiet:
-        if verdict.state is State.ERROR and len(snapshot.databases) <= 1:
-            click.echo(f"sqlprobe: error: {verdict.reason}", err=True)
-        else:
-            color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-            click.echo(human(snapshot, verdict, _styler(color)), color=color)
+    elif verdict.state is State.ERROR and len(snapshot.databases) <= 1:
+        click.echo(f"sqlprobe: error: {verdict.reason}", err=True)
+    else:
+        from .targets import opencode_data_dir
+
+        color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        report = human(snapshot, verdict, _styler(color), opencode_data_dir(os.environ))
+        click.echo(report, color=color)
     sys.exit(int(verdict.exit_code))
 
 

@@ -33,5 +33,16 @@ class CannotInspect(SqlprobeError):
         self.problem = problem
 
 
+class OpenInThisProcess(CannotInspect):
+    """The calling process already has this file open, maybe through a SQLite connection.
+
+    sqlprobe must not open and close a descriptor of its own on it: closing any descriptor of a
+    file drops all of the process's POSIX locks on that file, the connection's included.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, "is already open in this process")
+
+
 class HeaderError(SqlprobeError):
     """Bytes that were meant to be a SQLite, WAL or shm header are not one."""

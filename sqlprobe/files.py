@@ -10,8 +10,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Container
 
-from .errors import CannotInspect
+from .errors import CannotInspect, OpenInThisProcess
+from .model import FileKey
 
 _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -42,17 +44,22 @@ def describe(err: OSError) -> str:
     return (err.strerror or str(err)).lower()
 
 
-def open_regular(path: str) -> tuple[int, os.stat_result]:
+def open_regular(path: str, avoid: Container[FileKey] = frozenset()) -> tuple[int, os.stat_result]:
     """Open an existing regular file read-only and return (fd, fstat); the caller closes fd.
 
     Raises CannotInspect for anything else. `path` must already be resolved: O_NOFOLLOW makes a
-    symlink fail, as SQLite's own open does after it resolved the name.
+    symlink fail, as SQLite's own open does after it resolved the name. Files in `avoid` (those
+    the calling process has open already) raise OpenInThisProcess and are never opened: closing
+    our descriptor would drop the process's own locks on them (sqlite-locking.md §4).
     """
     # stat first: even opening a device can act on it (a tape rewinds); fstat below closes the race.
     try:
-        why = not_regular(os.lstat(path).st_mode)
+        st = os.lstat(path)
     except OSError as err:
         raise CannotInspect(path, describe(err)) from err
+    why = not_regular(st.st_mode)
+    if FileKey(st.st_dev, st.st_ino) in avoid:
+        raise OpenInThisProcess(path)
     if why:
         raise CannotInspect(path, "is a symbolic link" if os.path.islink(path) else why)
     try:

@@ -135,6 +135,17 @@ class ProcFS:
             os.close(dir_fd)
         return found
 
+    def own_files(self) -> frozenset[FileKey]:
+        """(device, inode) of every file this process has open (read before opening any)."""
+        keys = set()
+        for fd in os.listdir(f"{self.root}/self/fd"):
+            try:
+                st = os.stat(f"{self.root}/self/fd/{fd}")
+            except OSError:
+                continue  # the directory descriptor of the listing itself, or closed since
+            keys.add(FileKey(st.st_dev, st.st_ino))
+        return frozenset(keys)
+
     def fd_key(self, pid: int, fd: int) -> FileKey:
         """(device, inode) of the file behind one descriptor of `pid`."""
         with self._reading(pid, f"fd/{fd}"):

@@ -6,13 +6,11 @@ lines, paths) goes through `text.safe` before it reaches a terminal.
 
 from __future__ import annotations
 
-import os
 import shlex
 from typing import Any
 
 from .effects import outcome
 from .model import DatabaseSnapshot, FileKind, Lock, Mode, Snapshot
-from .targets import opencode_data_dir
 from .text import safe
 from .verdict import DatabaseVerdict, State, Verdict
 
@@ -117,10 +115,11 @@ def _lock_json(lock: Lock, dv: DatabaseVerdict) -> dict[str, Any]:
 # -- human ----------------------------------------------------------------------------------------
 
 
-def human(snapshot: Snapshot, verdict: Verdict, style: Any) -> str:
+def human(snapshot: Snapshot, verdict: Verdict, style: Any, data_dir: str) -> str:
     """The human report: the verdict line, a table per database, warnings, what to do.
 
-    `style(text, fg=..., bold=...)` colours text (click.style, or a no-op without colour).
+    `style(text, fg=..., bold=...)` colours text (click.style, or a no-op without colour);
+    `data_dir` is opencode's data dir, where the advice finds auth.json.
     """
     out = [f"{style(verdict.state.value, fg=COLOURS[verdict.state], bold=True)}: {verdict.reason}"]
     windowed = snapshot.samples > 1
@@ -144,7 +143,7 @@ def human(snapshot: Snapshot, verdict: Verdict, style: Any) -> str:
         out.extend(legend)
     for warning in snapshot.warnings:
         out.append(style(f"warning: {safe(warning)}", fg="yellow"))
-    advice = _advice(snapshot, verdict)
+    advice = _advice(snapshot, verdict, data_dir)
     if advice:
         out.append("")
         out.append("What you can do:")
@@ -208,13 +207,12 @@ def _legend(snapshot: Snapshot, verdict: Verdict, windowed: bool) -> list[str]:
     return lines
 
 
-def _advice(snapshot: Snapshot, verdict: Verdict) -> list[str]:
+def _advice(snapshot: Snapshot, verdict: Verdict, data_dir: str) -> list[str]:
     state = verdict.state
     if state in (State.CLEAR, State.ERROR):
         return []
     blockers = [b for dv in verdict.databases for b in dv.blockers]
     target = shlex.quote(snapshot.target)
-    data_dir = opencode_data_dir(os.environ)
     isolate = (
         "isolate the run: OPENCODE_DB=$(mktemp -d)/opencode.db opencode run ... gives it its own"
         " database while credentials stay shared (its session is not in the shared history);"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from . import getlk
 from .dbfile import parse_header
 from .effects import effective_mode, outcome
-from .errors import AccessDenied, CannotInspect, HeaderError, NoSuchProcess
+from .errors import AccessDenied, CannotInspect, HeaderError, NoSuchProcess, OpenInThisProcess
 from .files import describe, open_regular, pread_at_most
 from .layout import DB_HEADER_SIZE, decode, lock_bytes
 from .model import (
@@ -70,8 +70,9 @@ def check(
     procfs: ProcFS | None = None,
 ) -> Snapshot:
     """Resolve `path` (None: opencode's default database) and take one snapshot of it."""
-    target = resolve(path, os.environ if env is None else env)
-    return take(target, window=window, procfs=procfs)
+    proc = procfs or ProcFS()
+    target = resolve(path, os.environ if env is None else env, proc.own_files())
+    return take(target, window=window, procfs=proc)
 
 
 def take(
@@ -85,7 +86,8 @@ def take(
         return Snapshot(target.label, (), window, note=target.note, error=target.error)
     proc = procfs or ProcFS()
     warnings: list[str] = []
-    dbs = [_open(path) for path in target.databases]
+    own = proc.own_files()
+    dbs = [_open(path, own, warnings) for path in target.databases]
     try:
         uninspected = _find_openers(proc, dbs)
         _observe(proc, dbs, warnings, threads_of=set())
@@ -117,8 +119,12 @@ def take(
 # -- files ------------------------------------------------------------------------------------
 
 
-def _open(path: str) -> _Db:
-    """Stat the database and its side files; open db and -shm read-only for F_GETLK."""
+def _open(path: str, own: frozenset[FileKey], warnings: list[str]) -> _Db:
+    """Stat the database and its side files; open db and -shm read-only for F_GETLK.
+
+    A file that this process has open already (`own`: a SQLite connection of the program that
+    calls sqlprobe as a library) is not opened: see files.open_regular.
+    """
     db = _Db(path)
     for kind in FileKind:
         side = path + kind.suffix
@@ -135,7 +141,14 @@ def _open(path: str) -> _Db:
         db.files.append(SideFile(kind, side, FileKey(st.st_dev, st.st_ino)))
         if kind in (FileKind.DB, FileKind.SHM):
             try:
-                fd, st = open_regular(side)
+                fd, st = open_regular(side, own)
+            except OpenInThisProcess:
+                warnings.append(
+                    f"{side} is open in sqlprobe's own process (a SQLite connection?): not "
+                    "queried with F_GETLK, whose close would drop that connection's locks; "
+                    "its own locks are not reported"
+                )
+                continue
             except CannotInspect as err:
                 if kind is FileKind.DB:
                     db.error = str(err)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
 from .dbfile import is_sqlite
 from .errors import CannotInspect
 from .files import describe, open_regular, pread_at_most
 from .layout import DB_MAGIC
+from .model import FileKey
 
 OPENCODE_DB = "opencode.db"
 CHANNEL_DB_PATTERN = "opencode-*.db"  # opencode's per-channel databases
@@ -54,8 +55,13 @@ def default_target(env: Mapping[str, str]) -> str:
     return data_dir
 
 
-def resolve(path: str | None, env: Mapping[str, str]) -> Target:
-    """Turn the user's PATH (or opencode's default) into the databases to inspect."""
+def resolve(
+    path: str | None, env: Mapping[str, str], avoid: Container[FileKey] = frozenset()
+) -> Target:
+    """Turn the user's PATH (or opencode's default) into the databases to inspect.
+
+    Files in `avoid` (open in this process already) are never opened to sniff their header.
+    """
     label = default_target(env) if path is None else path
     if label == MEMORY and path is None:
         return Target(
@@ -75,10 +81,10 @@ def resolve(path: str | None, env: Mapping[str, str]) -> Target:
         return Target(label=label, error=f"{label}: {describe(err)}")
     if not stat.S_ISDIR(st.st_mode) or os.path.basename(real) == OPENCODE_DB:
         return Target(label=label, databases=(real,))
-    return _directory(label, real)
+    return _directory(label, real, avoid)
 
 
-def _directory(label: str, real: str) -> Target:
+def _directory(label: str, real: str, avoid: Container[FileKey]) -> Target:
     """A data dir: its opencode.db and opencode-*.db, else every SQLite file in it (flat)."""
     try:
         names = sorted(os.listdir(real))
@@ -86,7 +92,7 @@ def _directory(label: str, real: str) -> Target:
         return Target(label=label, error=f"{label}: {describe(err)}")
     chosen = [n for n in names if n == OPENCODE_DB or fnmatch.fnmatchcase(n, CHANNEL_DB_PATTERN)]
     if not chosen:
-        chosen = [n for n in names if _looks_like_sqlite(os.path.join(real, n))]
+        chosen = [n for n in names if _looks_like_sqlite(os.path.join(real, n), avoid)]
     if not chosen:
         return Target(
             label=label,
@@ -95,10 +101,10 @@ def _directory(label: str, real: str) -> Target:
     return Target(label=label, databases=tuple(os.path.join(real, n) for n in chosen))
 
 
-def _looks_like_sqlite(path: str) -> bool:
+def _looks_like_sqlite(path: str, avoid: Container[FileKey]) -> bool:
     """Whether a directory entry is a regular file starting with the SQLite magic header."""
     try:
-        fd, _ = open_regular(path)
+        fd, _ = open_regular(path, avoid)
     except CannotInspect:
         return False
     try:

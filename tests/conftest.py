@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,16 @@ class Holder:
         self.pid = proc.pid
 
     def stop(self) -> None:
+        """SIGSTOP, and wait until the kernel reports it stopped (the signal is asynchronous)."""
         os.kill(self.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while self.state() != "T":
+            assert time.monotonic() < deadline, "holder did not stop"
+            time.sleep(0.01)
+
+    def state(self) -> str:
+        data = Path(f"/proc/{self.pid}/stat").read_bytes()
+        return data[data.rindex(b")") + 2 :].split()[0].decode()
 
     def end(self) -> None:
         if self.proc.poll() is None:

@@ -1,0 +1,107 @@
+"""First, do no harm: sqlprobe never costs a live connection its locks."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+
+import sqlprobe
+
+WRITE_NOW = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)
+try:
+    conn.execute("begin immediate")
+except sqlite3.OperationalError as err:
+    print(err)
+else:
+    print("got the write lock")
+"""
+
+
+def other_process_write(db) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-c", WRITE_NOW, str(db)], capture_output=True, text=True, timeout=30
+    )
+    return proc.stdout.strip()
+
+
+def test_library_call_keeps_the_callers_own_connection_locks(wal_db):
+    """Closing a raw descriptor would drop this process's POSIX locks: sqlprobe must not open one.
+
+    The calling process holds a write transaction; after sqlprobe ran in the same process, another
+    process must still be refused the write lock.
+    """
+    conn = sqlite3.connect(wal_db, isolation_level=None)
+    try:
+        conn.execute("begin immediate")
+        conn.execute("insert into t values (9)")
+        assert other_process_write(wal_db) == "database is locked"
+
+        snapshot = sqlprobe.check(str(wal_db), window=0)
+
+        assert other_process_write(wal_db) == "database is locked"
+        assert any("open in sqlprobe's own process" in w for w in snapshot.warnings)
+        conn.execute("commit")
+    finally:
+        conn.close()
+
+
+WRITER_LOOP = """
+import sqlite3, sys, time
+db, mode, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+conn = sqlite3.connect(db, timeout=0, isolation_level=None)  # busy_timeout 0, like Bun's default
+conn.execute(f"pragma journal_mode={mode}")
+commits = busy = 0
+print("ready", flush=True)
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    try:
+        conn.execute("begin immediate")
+        conn.execute("insert into t values (1)")
+        conn.execute("commit")
+        commits += 1
+        if mode == "wal" and commits % 50 == 0:
+            conn.execute("pragma wal_checkpoint(truncate)")
+    except sqlite3.OperationalError as err:
+        busy += 1
+        print("error:", err, flush=True)
+        if conn.in_transaction:
+            conn.execute("rollback")
+print("commits", commits, "busy", busy, flush=True)
+"""
+
+
+def _writer_beside_checks(db, mode: str, seconds: float = 2.0) -> tuple[int, int, int]:
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER_LOOP, str(db), mode, str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        checks = 0
+        while writer.poll() is None:
+            sqlprobe.check(str(db), window=0.05)
+            checks += 1
+        out = writer.stdout.read()
+    finally:
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+    last = out.strip().splitlines()[-1].split()
+    assert last[0] == "commits", out
+    return int(last[1]), int(last[3]), checks
+
+
+def test_busy_timeout_zero_writer_in_wal_mode_never_sees_busy(wal_db):
+    commits, busy, checks = _writer_beside_checks(wal_db, "wal")
+    assert busy == 0
+    assert commits > 100 and checks > 10  # both really ran, side by side
+
+
+def test_busy_timeout_zero_writer_in_rollback_mode_never_sees_busy(rollback_db):
+    commits, busy, checks = _writer_beside_checks(rollback_db, "delete")
+    assert busy == 0
+    assert commits > 100 and checks > 10
