@@ -71,22 +71,26 @@ def check(
 ) -> Snapshot:
     """Resolve `path` (None: opencode's default database) and take one snapshot of it."""
     proc = procfs or ProcFS()
-    target = resolve(path, os.environ if env is None else env, proc.own_files())
-    return take(target, window=window, procfs=proc)
+    own = proc.own_files()  # before sqlprobe opens anything itself
+    target = resolve(path, os.environ if env is None else env, own)
+    return take(target, window=window, procfs=proc, own=own)
 
 
 def take(
     target: Target,
     window: float = DEFAULT_WINDOW,
     procfs: ProcFS | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    own: frozenset[FileKey] | None = None,
 ) -> Snapshot:
-    """Take a snapshot of the databases of `target`."""
+    """Take a snapshot of the databases of `target`.
+
+    `own` is what this process has open already (ProcFS.own_files); read here when not given.
+    """
     if target.error or not target.databases:
         return Snapshot(target.label, (), window, note=target.note, error=target.error)
     proc = procfs or ProcFS()
     warnings: list[str] = []
-    own = proc.own_files()
+    own = proc.own_files() if own is None else own
     dbs = [_open(path, own, warnings) for path in target.databases]
     try:
         uninspected = _find_openers(proc, dbs)
@@ -95,7 +99,7 @@ def take(
         if blocking is not None and window > 0:
             start = dbs[0].observations[0].t
             for i in range(1, max(1, round(window / SAMPLE_INTERVAL)) + 1):
-                sleep(max(0.0, start + min(i * SAMPLE_INTERVAL, window) - time.monotonic()))
+                time.sleep(max(0.0, start + min(i * SAMPLE_INTERVAL, window) - time.monotonic()))
                 _observe(proc, dbs, warnings, threads_of=blocking)
     finally:
         for db in dbs:

@@ -9,7 +9,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def safe(text: str) -> str:
-    """`text` with every control character shown as a visible escape (`\\x1b`, `\\n`)."""
+    """`text` with every control character shown as a visible escape (`\\x1b`, `\\n`).
+
+    Bytes of a file name that are not UTF-8 (surrogate-escaped by Python) are shown as `\\xff`.
+    """
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 

@@ -78,10 +78,11 @@ class Verdict:
 
 def judge(snapshot: Snapshot) -> Verdict:
     """The verdict for a whole target: the worst of its databases."""
+    # Reasons are printed as one line: paths in them may hold newlines or escape sequences.
     if snapshot.error:
-        return Verdict(State.ERROR, snapshot.error)
+        return Verdict(State.ERROR, safe(snapshot.error))
     if not snapshot.databases:
-        return Verdict(State.CLEAR, snapshot.note or "nothing to check")
+        return Verdict(State.CLEAR, safe(snapshot.note or "nothing to check"))
     verdicts = tuple(judge_database(db, snapshot.window_s) for db in snapshot.databases)
     worst = max(verdicts, key=lambda v: SEVERITY[v.state])
     reason = worst.reason
@@ -99,7 +100,7 @@ def judge(snapshot: Snapshot) -> Verdict:
 def judge_database(db: DatabaseSnapshot, window_s: float) -> DatabaseVerdict:
     mode = db.journal_mode
     if db.error:
-        return DatabaseVerdict(db.path, State.ERROR, db.error, mode)
+        return DatabaseVerdict(db.path, State.ERROR, safe(db.error), mode)
     if not db.exists:
         reason = f"{safe(db.path)} does not exist: a new instance would create it"
         return DatabaseVerdict(db.path, State.CLEAR, reason, mode)
@@ -118,9 +119,8 @@ def judge_database(db: DatabaseSnapshot, window_s: float) -> DatabaseVerdict:
         state = State.STUCK if top.stuck else State.BUSY
         reason = _blocked_reason(db, top, len(observations), window_s)
         return DatabaseVerdict(db.path, state, reason, mode, tuple(blockers), persisted)
-    holders = [h for h in db.holders]
-    if holders or first:
-        pids = sorted({h.pid for h in holders} | {lk.pid for lk in first if lk.pid})
+    if db.holders or first:
+        pids = sorted({h.pid for h in db.holders} | {lk.pid for lk in first if lk.pid})
         who = _pid_list(pids) if pids else "a process sqlprobe cannot see"
         reason = (
             f"{who} {'has' if len(pids) == 1 else 'have'} it open, but no lock that a new instance"

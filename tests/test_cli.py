@@ -239,3 +239,27 @@ def test_installed_console_script_runs(wal_db):
 def test_every_command_has_help_with_an_example():
     for name, command in cli.commands.items():
         assert command.help and "Example:" in command.help, name
+
+
+def test_path_with_newline_and_escape_stays_one_line(tmp_path, run):
+    path = tmp_path / "odd\nname\x1b[2J.db"
+    path.write_bytes(b"not a database at all" * 10)
+    result = run("check", path)
+    assert result.exit_code == 6
+    assert result.stderr.count("\n") == 1 and "\x1b" not in result.stderr
+    assert "odd\\nname\\x1b[2J.db: not a SQLite database" in result.stderr
+
+
+def test_path_with_non_utf8_bytes_is_reported_not_a_crash(tmp_path):
+    path = os.path.join(os.fsencode(tmp_path), b"caf\xe9.db")
+    with open(path, "wb") as f:
+        f.write(b"not a database at all" * 10)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sqlprobe", "check", path], capture_output=True, timeout=60
+    )
+    assert proc.returncode == 6, proc.stderr
+    assert b"caf\\xe9.db: not a SQLite database" in proc.stderr
+    doc = subprocess.run(
+        [sys.executable, "-m", "sqlprobe", "check", path, "--json"], capture_output=True, timeout=60
+    )
+    assert json.loads(doc.stdout)["verdict"] == "error"
