@@ -91,9 +91,33 @@ def cli() -> None:
     help="How long a blocking lock must persist to count (sampled every 0.05 s). "
     "Only spent when a blocking lock is seen; 0 judges on one look.",
 )
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=3.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Answer within this long whatever happens (a hung filesystem, a holder that never "
+    "lets go); work cut short is named in the verdict.",
+)
+@click.option(
+    "--busy-timeout",
+    type=click.FloatRange(0, 10),
+    default=0.1,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long the read-only SQLite probe waits on a lock.",
+)
 @output_options
 @_guarded
-def check(path: str | None, window: float, as_json: bool, quiet: bool) -> None:
+def check(
+    path: str | None,
+    window: float,
+    timeout: float,
+    busy_timeout: float,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Say whether a new instance would start now, or block, and on which process.
 
     PATH is an opencode data dir (its opencode.db and opencode-*.db are checked), or a
@@ -112,7 +136,7 @@ def check(path: str | None, window: float, as_json: bool, quiet: bool) -> None:
 
     if as_json and quiet:
         raise click.UsageError("--json and --quiet cannot be used together")
-    snapshot = take_snapshot(path, window=window)
+    snapshot = take_snapshot(path, window=window, timeout=timeout, busy_timeout=busy_timeout)
     verdict = judge(snapshot)
     click.get_current_context().meta["exit_code"] = int(verdict.exit_code)
     if quiet:

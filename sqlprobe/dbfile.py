@@ -16,10 +16,12 @@ def is_sqlite(data: bytes) -> bool:
 
 def parse_header(data: bytes) -> DbHeader:
     """Parse the first 100 bytes of a database file; raises HeaderError when they are not one."""
-    if len(data) < DB_HEADER_SIZE:
-        raise HeaderError(f"database header is {len(data)} bytes, shorter than {DB_HEADER_SIZE}")
     if not is_sqlite(data):
         raise HeaderError("not a SQLite database (no 'SQLite format 3' header)")
+    if len(data) < DB_HEADER_SIZE:
+        raise HeaderError(
+            f"database header cut short: {len(data)} bytes, shorter than {DB_HEADER_SIZE}"
+        )
     (page_size,) = struct.unpack_from(">H", data, 16)
     change_counter, page_count = struct.unpack_from(">II", data, 24)
     (schema_cookie,) = struct.unpack_from(">I", data, 40)

@@ -27,6 +27,21 @@ SHM_DMS = 128
 DB_HEADER_SIZE = 100
 DB_MAGIC = b"SQLite format 3\x00"
 
+# The -wal file (sqlite-locking.md §5): a 32-byte header, then frames of a 24-byte header + a page.
+WAL_HEADER_SIZE = 32
+WAL_FRAME_HEADER_SIZE = 24
+WAL_MAGIC_LE = 0x377F0682  # checksums over little-endian words
+WAL_MAGIC_BE = 0x377F0683  # checksums over big-endian words
+WAL_VERSION = 3007000
+
+# The -shm file's header (sqlite-locking.md §5), native byte order: two copies of the 48-byte
+# index header, then the checkpoint info (nBackfill, aReadMark[5], lock bytes, nBackfillAttempted).
+SHM_INDEX_HEADER_SIZE = 48
+SHM_CKPT_INFO = 2 * SHM_INDEX_HEADER_SIZE  # 96: nBackfill
+SHM_HEADER_SIZE = SHM_CKPT_INFO + 40  # up to nBackfillAttempted and one unused word
+SHM_VERSION = 3007000
+READ_MARK_UNUSED = 0xFFFFFFFF
+
 # Lock names, by file, in the order of their bytes. These are the JSON vocabulary.
 DB_LOCKS: tuple[tuple[str, ByteRange], ...] = (
     ("pending", ByteRange(PENDING_BYTE, PENDING_BYTE)),

@@ -163,6 +163,117 @@ class DbHeader:
 
 
 @dataclass(frozen=True, slots=True)
+class WalHeader:
+    """The 32-byte header of a -wal file."""
+
+    big_endian: bool  # which magic: the byte order of the frame checksums
+    version: int
+    page_size: int
+    checkpoint_seq: int
+    salt1: int
+    salt2: int
+    checksum: tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class WalScan:
+    """The result of walking a WAL's frames, as SQLite's recovery would."""
+
+    frames: int  # valid frames up to and including the last commit frame
+    uncommitted: int  # valid frames after it: a transaction being written, or torn by a crash
+    verified: int  # of `frames`, those whose checksum was verified (the rest: salts only)
+    db_pages: int | None  # the database size in pages that the last commit frame records
+
+
+@dataclass(frozen=True, slots=True)
+class ShmHeader:
+    """The validated header of a -shm file (the WAL index)."""
+
+    change: int
+    page_size: int
+    mx_frame: int  # the last valid frame of the WAL
+    db_pages: int
+    salts: tuple[int, int]
+    backfilled: int  # nBackfill: frames already copied into the database
+    read_marks: tuple[int | None, ...]  # aReadMark[0..4]; None: unused
+    backfill_attempted: int
+
+
+class IndexState(str, Enum):
+    """The state of the WAL index (-shm)."""
+
+    VALID = "valid"  # a live process holds DMS and the header validates
+    STALE = "stale"  # nobody holds DMS: the next opener rebuilds it from the WAL
+    ABSENT = "absent"  # no -shm file
+    INVALID = "invalid"  # a live process holds DMS but the header does not validate
+
+
+@dataclass(frozen=True, slots=True)
+class WalState:
+    """What the -wal and -shm files say: how much of the WAL is not yet in the database."""
+
+    size: int  # bytes of the -wal file
+    header: WalHeader | None
+    problem: str | None  # why the -wal header is not valid (SQLite then ignores its contents)
+    index: IndexState
+    index_problem: str | None  # why the -shm header is not valid, or could not be read
+    shm: ShmHeader | None  # the -shm header when it validates (even when stale)
+    scan: WalScan | None  # the frame walk, done when the index is not valid
+
+    @property
+    def frames(self) -> int:
+        """Committed frames in the WAL: the live index's mxFrame, else the frame walk's count."""
+        if self.index is IndexState.VALID and self.shm:
+            return self.shm.mx_frame
+        return self.scan.frames if self.scan else 0
+
+    @property
+    def counted_from(self) -> str:
+        return "shm" if self.index is IndexState.VALID and self.shm else "wal"
+
+    @property
+    def backfilled(self) -> int | None:
+        """Frames already checkpointed into the database; None when the index is not live.
+
+        The next opener of a stale index recovers it with nBackfill 0: every frame is pending.
+        """
+        if self.index is IndexState.VALID and self.shm:
+            return min(self.shm.backfilled, self.frames)
+        return None
+
+    @property
+    def lag_frames(self) -> int:
+        return self.frames - (self.backfilled or 0)
+
+    @property
+    def page_size(self) -> int | None:
+        if self.header:
+            return self.header.page_size
+        return self.shm.page_size if self.shm and self.shm.page_size else None
+
+
+class ProbeResult(str, Enum):
+    """How the read-only SQLite probe ended. SQLite's own code names, or ok/skipped/timeout."""
+
+    OK = "ok"
+    SKIPPED = "skipped"
+    TIMEOUT = "timeout"  # still inside SQLite when the deadline came
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """The guarded read-only open of a database with SQLite (sqlite-locking.md §4)."""
+
+    result: str  # a ProbeResult value, or SQLite's code name: SQLITE_BUSY, SQLITE_NOTADB, ...
+    how: str | None  # "immutable" or "readonly_shm"; None when skipped
+    detail: str  # why it was skipped, or SQLite's message
+    elapsed_s: float = 0.0
+    journal_mode: str | None = None
+    page_count: int | None = None
+    user_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DatabaseSnapshot:
     """Everything observed about one database: its files, holders and the sampled locks."""
 
@@ -174,6 +285,24 @@ class DatabaseSnapshot:
     error: str | None = None  # why it cannot be judged (not SQLite, not a regular file, ...)
     holders: tuple[Holder, ...] = ()
     observations: tuple[Observation, ...] = ()
+    wal: WalState | None = None  # None when there is no -wal file
+    journal_size: int | None = None  # bytes of the -journal; None when there is none
+    journal_header_set: bool = False  # its first byte is not zero (SQLite's hot-journal test)
+    # (pid, file) of descriptors on a file of this database that was deleted while held open.
+    deleted_open: tuple[tuple[int, FileKind], ...] = ()
+    probe: Probe | None = None
+
+    @property
+    def hot_journal(self) -> bool:
+        """A -journal that the next opener must roll back (SQLite's hasHotJournal test).
+
+        Hot when it exists with a non-zero header, the database is not empty, and nobody holds
+        RESERVED (a live writer's journal is not hot).
+        """
+        if not (self.journal_header_set and self.size):
+            return False
+        locks = self.observations[0].locks if self.observations else ()
+        return not any(lk.file is FileKind.DB and lk.name == "reserved" for lk in locks)
 
     @property
     def journal_mode(self) -> JournalMode:
@@ -194,6 +323,9 @@ class Snapshot:
     error: str | None = None  # the target itself cannot be inspected
     uninspected_processes: int = 0
     warnings: tuple[str, ...] = ()
+    timeout_s: float | None = None  # the deadline the snapshot was taken under
+    # What the deadline cut short ("the window", "the SQLite probe"), or None.
+    cut_short: tuple[str, ...] = ()
 
     @property
     def samples(self) -> int:

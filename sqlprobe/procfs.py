@@ -135,6 +135,11 @@ class ProcFS:
             os.close(dir_fd)
         return found
 
+    def fd_link(self, pid: int, fd: int) -> str:
+        """The link text of one descriptor of `pid`."""
+        with self._reading(pid, f"fd/{fd}"):
+            return os.readlink(f"{self.root}/{pid}/fd/{fd}")
+
     def own_files(self) -> frozenset[FileKey]:
         """(device, inode) of every file this process has open (read before opening any)."""
         keys = set()

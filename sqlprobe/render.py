@@ -10,7 +10,20 @@ import shlex
 from typing import Any
 
 from .effects import outcome
-from .model import DatabaseSnapshot, FileKind, Lock, Mode, Snapshot
+from .layout import WAL_FRAME_HEADER_SIZE
+from .model import (
+    DatabaseSnapshot,
+    DbHeader,
+    FileKind,
+    IndexState,
+    JournalMode,
+    Lock,
+    Mode,
+    Probe,
+    ProbeResult,
+    Snapshot,
+    WalState,
+)
 from .text import safe
 from .verdict import DatabaseVerdict, State, Verdict
 
@@ -43,6 +56,7 @@ def to_json(snapshot: Snapshot, verdict: Verdict) -> dict[str, Any]:
         "uninspected_processes": snapshot.uninspected_processes,
         "warnings": list(snapshot.warnings),
         "window": {"seconds": snapshot.window_s, "samples": snapshot.samples},
+        "timeout": {"seconds": snapshot.timeout_s, "cut_short": list(snapshot.cut_short)},
     }
     if snapshot.note:
         doc["note"] = snapshot.note
@@ -82,6 +96,11 @@ def _database_json(db: DatabaseSnapshot, dv: DatabaseVerdict) -> dict[str, Any]:
         "journal_mode": dv.journal_mode.value,
         "size": db.size,
         "files": {f.kind.value: f.key is not None for f in db.files},
+        "header": _header_json(db.header),
+        "wal": _wal_json(db.wal),
+        "hot_journal": db.hot_journal,
+        "deleted_open": [{"pid": pid, "file": kind.value} for pid, kind in db.deleted_open],
+        "probe": _probe_json(db.probe),
         "holders": holders,
         "unattributed_locks": [_lock_json(lk, dv) for lk in locks if lk.pid is None],
         "blockers": [
@@ -96,6 +115,61 @@ def _database_json(db: DatabaseSnapshot, dv: DatabaseVerdict) -> dict[str, Any]:
             for b in dv.blockers
         ],
     }
+
+
+def _header_json(header: DbHeader | None) -> dict[str, Any] | None:
+    if header is None:
+        return None
+    return {
+        "page_size": header.page_size,
+        "page_count": header.page_count,
+        "change_counter": header.change_counter,
+        "schema_cookie": header.schema_cookie,
+        "user_version": header.user_version,
+        "write_version": header.write_version,
+        "read_version": header.read_version,
+    }
+
+
+def _wal_json(wal: WalState | None) -> dict[str, Any] | None:
+    if wal is None:
+        return None
+    return {
+        "frames": wal.frames,
+        "backfilled": wal.backfilled,
+        "lag_frames": wal.lag_frames,
+        "bytes": lag_bytes(wal),
+        "page_size": wal.page_size,
+        "checkpoint_seq": wal.header.checkpoint_seq if wal.header else None,
+        "index": wal.index.value,
+        "counted_from": wal.counted_from,
+        "verified_frames": wal.scan.verified if wal.scan else None,
+        "uncommitted_frames": wal.scan.uncommitted if wal.scan else None,
+        "read_marks": list(wal.shm.read_marks) if wal.shm else None,
+        "backfill_attempted": wal.shm.backfill_attempted if wal.shm else None,
+        "file_size": wal.size,
+        "problem": wal.problem,
+        "index_problem": wal.index_problem,
+    }
+
+
+def _probe_json(probe: Probe | None) -> dict[str, Any] | None:
+    if probe is None:
+        return None
+    return {
+        "result": probe.result,
+        "how": probe.how,
+        "detail": probe.detail,
+        "elapsed_s": probe.elapsed_s,
+        "journal_mode": probe.journal_mode,
+        "page_count": probe.page_count,
+        "user_version": probe.user_version,
+    }
+
+
+def lag_bytes(wal: WalState) -> int:
+    """Bytes of the WAL not yet checkpointed: whole frames, header and page."""
+    return wal.lag_frames * ((wal.page_size or 0) + WAL_FRAME_HEADER_SIZE)
 
 
 def _lock_json(lock: Lock, dv: DatabaseVerdict) -> dict[str, Any]:
@@ -124,13 +198,14 @@ def human(snapshot: Snapshot, verdict: Verdict, style: Any, data_dir: str) -> st
     out = [f"{style(verdict.state.value, fg=COLOURS[verdict.state], bold=True)}: {verdict.reason}"]
     windowed = snapshot.samples > 1
     for db, dv in zip(snapshot.databases, verdict.databases, strict=True):
-        if dv.state is State.CLEAR and len(snapshot.databases) == 1:
+        if not db.exists or (db.error and len(snapshot.databases) == 1):
             continue  # the verdict line already says all there is
         out.append("")
         head = f"{safe(db.path)}  [{dv.journal_mode.value}]  "
         out.append(head + style(dv.state.value, fg=COLOURS[dv.state]))
         if len(snapshot.databases) > 1 and dv.state is not State.CLEAR:
             out.append(f"  {dv.reason}")
+        out.extend(f"  {line}" for line in state_lines(db))
         if db.holders:
             out.append(_indent(_holder_table(db, dv, windowed)))
         hidden = [lk for lk in (db.observations[0].locks if db.observations else ()) if not lk.pid]
@@ -149,6 +224,81 @@ def human(snapshot: Snapshot, verdict: Verdict, style: Any, data_dir: str) -> st
         out.append("What you can do:")
         out.extend(f"  - {line}" for line in advice)
     return "\n".join(out)
+
+
+def state_lines(db: DatabaseSnapshot) -> list[str]:
+    """The database's file state in words: header, WAL and index, journal, probe."""
+    lines = []
+    if db.header:
+        h = db.header
+        lines.append(
+            f"database: {_size(db.size)}, {h.page_count} pages of {h.page_size} bytes,"
+            f" change counter {h.change_counter}, user_version {h.user_version}"
+        )
+    elif db.size == 0:
+        lines.append("database: empty (0 bytes): a new instance initialises it")
+    wal = db.wal
+    if wal is not None:
+        lines.append("wal: " + _wal_words(wal))
+    elif db.journal_mode is JournalMode.WAL:
+        lines.append("wal: none (nothing written since the last checkpoint and close)")
+    if db.hot_journal:
+        lines.append(f"journal: hot ({_size(db.journal_size)}): the next opener rolls it back")
+    elif db.journal_size is not None:
+        lines.append(f"journal: {_size(db.journal_size)}, not hot")
+    if db.probe:
+        lines.append("probe: " + _probe_words(db.probe))
+    return lines
+
+
+def _wal_words(wal: WalState) -> str:
+    if wal.problem:
+        words = f"{_size(wal.size)}, ignored by SQLite ({wal.problem})"
+    elif not wal.size:
+        words = "empty"
+    else:
+        frames = _plural(wal.frames, "frame")
+        if wal.backfilled is None:
+            words = f"{frames}, none known checkpointed ({_size(lag_bytes(wal))})"
+        else:
+            words = (
+                f"{frames}, {wal.backfilled} checkpointed, {wal.lag_frames} to go"
+                f" ({_size(lag_bytes(wal))})"
+            )
+        if wal.header:
+            words += f"; checkpoint seq {wal.header.checkpoint_seq}"
+    index = {
+        IndexState.VALID: "index valid (frames from the -shm)",
+        IndexState.STALE: "index stale: nobody has it open, the next opener rebuilds it"
+        " (frames counted in the WAL)",
+        IndexState.ABSENT: "no -shm (frames counted in the WAL)",
+        IndexState.INVALID: f"index invalid: {wal.index_problem} (frames counted in the WAL)",
+    }[wal.index]
+    return f"{words}; {index}"
+
+
+def _probe_words(probe: Probe) -> str:
+    if probe.result == ProbeResult.SKIPPED.value:
+        return f"skipped: {safe(probe.detail)}"
+    words = f"{probe.result} ({probe.how}, {probe.elapsed_s * 1000:.1f} ms)"
+    if probe.result == ProbeResult.OK.value:
+        found = [f"journal_mode {probe.journal_mode}"] if probe.journal_mode else []
+        found += [f"{probe.page_count} pages", f"user_version {probe.user_version}"]
+        return f"{words}: {', '.join(found)}"
+    return f"{words}: {safe(probe.detail)}"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "? bytes"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return _plural(n, "byte")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _holder_table(db: DatabaseSnapshot, dv: DatabaseVerdict, windowed: bool) -> str:

@@ -10,17 +10,20 @@ and every descriptor is closed before returning.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from . import getlk
+from . import getlk, probe
 from .dbfile import parse_header
+from .deadline import Deadline, run_until
 from .effects import effective_mode, outcome
 from .errors import AccessDenied, CannotInspect, HeaderError, NoSuchProcess, OpenInThisProcess
 from .files import describe, open_regular, pread_at_most
+from .filestate import journal_header_set, read_wal_state
 from .layout import DB_HEADER_SIZE, decode, lock_bytes
 from .model import (
     DatabaseSnapshot,
@@ -28,6 +31,7 @@ from .model import (
     FileKey,
     FileKind,
     Holder,
+    IndexState,
     JournalMode,
     Lock,
     LockLine,
@@ -36,12 +40,16 @@ from .model import (
     ProcSample,
     SideFile,
     Snapshot,
+    WalState,
 )
-from .procfs import ProcFS
-from .targets import Target, resolve
+from .procfs import DELETED_SUFFIX, ProcFS
+from .targets import Target, default_target, resolve
 
 DEFAULT_WINDOW = 0.3
+DEFAULT_TIMEOUT = 3.0
 SAMPLE_INTERVAL = 0.05
+# Time kept back from the window for what follows it: holders, the probe, the output.
+AFTER_WINDOW_S = 0.15
 
 
 @dataclass
@@ -51,13 +59,18 @@ class _Db:
     path: str
     exists: bool = True
     files: list[SideFile] = field(default_factory=list)
-    fds: dict[FileKind, int] = field(default_factory=dict)  # db and shm, for F_GETLK
+    fds: dict[FileKind, int] = field(default_factory=dict)  # raw read-only descriptors
+    sizes: dict[FileKind, int] = field(default_factory=dict)
     header: DbHeader | None = None
     size: int | None = None
     error: str | None = None
+    own: bool = False  # this very process has one of its files open
     openers: dict[int, set[FileKind]] = field(default_factory=dict)  # pid -> files it has open
     unreadable: set[int] = field(default_factory=set)  # pids whose descriptors could not be read
+    deleted: dict[tuple[int, int], FileKind] = field(default_factory=dict)  # (pid, fd) -> file
     observations: list[Observation] = field(default_factory=list)
+    wal: WalState | None = None
+    journal_header_set: bool = False
 
     def kind_of(self, key: FileKey) -> FileKind | None:
         return next((f.kind for f in self.files if f.key == key), None)
@@ -68,12 +81,42 @@ def check(
     env: Mapping[str, str] | None = None,
     window: float = DEFAULT_WINDOW,
     procfs: ProcFS | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    busy_timeout: float = probe.DEFAULT_BUSY_TIMEOUT,
+    use_probe: bool = True,
 ) -> Snapshot:
-    """Resolve `path` (None: opencode's default database) and take one snapshot of it."""
+    """Resolve `path` (None: opencode's default database) and take one snapshot of it.
+
+    Returns within `timeout` seconds (None: no limit) whatever the filesystem or the holders do.
+    When the collection itself overruns (a hung filesystem), the snapshot is an error naming what
+    it was doing; the work is left running in a daemon thread.
+    """
+    env = os.environ if env is None else env
     proc = procfs or ProcFS()
-    own = proc.own_files()  # before sqlprobe opens anything itself
-    target = resolve(path, os.environ if env is None else env, own)
-    return take(target, window=window, procfs=proc, own=own)
+    deadline = Deadline(timeout)
+
+    def work() -> Snapshot:
+        deadline.stage = "listing this process's own open files"
+        own = proc.own_files()  # before sqlprobe opens anything itself
+        deadline.stage = f"resolving {path or default_target(env)}"
+        target = resolve(path, env, own)
+        return take(target, window, proc, own, deadline, busy_timeout, use_probe)
+
+    if timeout is None:
+        return work()
+    job = run_until(work, deadline.remaining())
+    if job.done.is_set():
+        return job.get()
+    label = path if path is not None else default_target(env)
+    return Snapshot(
+        label,
+        (),
+        window,
+        error=f"no answer within the {timeout:g} s timeout: stuck {deadline.stage}"
+        " (a hung filesystem, or a file that blocks when read?)",
+        timeout_s=timeout,
+        cut_short=("everything",),
+    )
 
 
 def take(
@@ -81,50 +124,123 @@ def take(
     window: float = DEFAULT_WINDOW,
     procfs: ProcFS | None = None,
     own: frozenset[FileKey] | None = None,
+    deadline: Deadline | None = None,
+    busy_timeout: float = probe.DEFAULT_BUSY_TIMEOUT,
+    use_probe: bool = True,
 ) -> Snapshot:
     """Take a snapshot of the databases of `target`.
 
     `own` is what this process has open already (ProcFS.own_files); read here when not given.
+    The window is shortened to keep within `deadline`, and the snapshot says so.
     """
+    deadline = deadline or Deadline(None)
     if target.error or not target.databases:
-        return Snapshot(target.label, (), window, note=target.note, error=target.error)
+        return Snapshot(
+            target.label,
+            (),
+            window,
+            note=target.note,
+            error=target.error,
+            timeout_s=deadline.seconds,
+        )
     proc = procfs or ProcFS()
     warnings: list[str] = []
+    cut: list[str] = []
     own = proc.own_files() if own is None else own
-    dbs = [_open(path, own, warnings) for path in target.databases]
+    dbs = []
     try:
+        for path in target.databases:
+            deadline.stage = f"opening {path}"
+            dbs.append(_open(path, own, warnings))
+        deadline.stage = "reading the open files of every process (/proc/PID/fd)"
         uninspected = _find_openers(proc, dbs)
+        deadline.stage = "reading /proc/locks"
         _observe(proc, dbs, warnings, threads_of=set())
+        deadline.stage = "reading the -wal, -shm and -journal headers"
+        for db in dbs:
+            _read_state(db, deadline)
         blocking = _blocking_pids(dbs)
+        used = window
         if blocking is not None and window > 0:
-            start = dbs[0].observations[0].t
-            for i in range(1, max(1, round(window / SAMPLE_INTERVAL)) + 1):
-                time.sleep(max(0.0, start + min(i * SAMPLE_INTERVAL, window) - time.monotonic()))
-                _observe(proc, dbs, warnings, threads_of=blocking)
+            used = _sample_window(proc, dbs, warnings, blocking, window, deadline)
+            if used < window:
+                cut.append(f"the window ({used:.2f} s of {window:g} s)")
     finally:
         for db in dbs:
             for fd in db.fds.values():
                 os.close(fd)
+            db.fds.clear()
+    _confirm_deleted(proc, dbs)
     if uninspected:
         warnings.append(
             f"{uninspected} process{'es' if uninspected != 1 else ''} could not be inspected "
             "(permission denied on /proc/PID/fd): run as their user or as root to see their files"
         )
-    databases = tuple(_finish(proc, db) for db in dbs)
+    databases = []
+    for db in dbs:
+        snap = _finish(proc, db)
+        warnings.extend(_state_warnings(snap))
+        if use_probe and snap.exists and not snap.error:
+            deadline.stage = f"probing {db.path} with SQLite"
+            snap = dataclasses.replace(snap, probe=_probe(snap, db.own, busy_timeout, deadline))
+            if snap.probe and snap.probe.result == "timeout":
+                cut.append("the SQLite probe")
+        databases.append(snap)
     return Snapshot(
         target.label,
-        databases,
-        window,
+        tuple(databases),
+        used,
         uninspected_processes=uninspected,
         warnings=tuple(dict.fromkeys(warnings)),
+        timeout_s=deadline.seconds,
+        cut_short=tuple(cut),
     )
+
+
+def _sample_window(
+    proc: ProcFS,
+    dbs: list[_Db],
+    warnings: list[str],
+    blocking: set[int | None],
+    window: float,
+    deadline: Deadline,
+) -> float:
+    """Sample every SAMPLE_INTERVAL until `window` has passed, or the deadline nears.
+
+    Returns the window actually covered.
+    """
+    start = dbs[0].observations[0].t
+    end = min(start + window, deadline.end - AFTER_WINDOW_S)
+    deadline.stage = "sampling the observation window"
+    t = start
+    for i in range(1, max(1, round(window / SAMPLE_INTERVAL)) + 1):
+        t = start + min(i * SAMPLE_INTERVAL, window)
+        if t > end:
+            break
+        time.sleep(max(0.0, t - time.monotonic()))
+        _observe(proc, dbs, warnings, threads_of=blocking)
+    covered = dbs[0].observations[-1].t - start
+    return window if covered >= window - 1e-3 else round(covered, 3)
+
+
+def _probe(snap: DatabaseSnapshot, own: bool, busy_timeout: float, deadline: Deadline):
+    if own:
+        return probe.skipped(
+            "this process has the database open (a SQLite connection?): a second connection"
+            " in the same process would share its locks"
+        )
+    how, why = probe.plan(snap)
+    if how is None:
+        return probe.skipped(why)
+    budget = deadline.remaining() - 0.05  # room to print the answer
+    return probe.run(snap.path, how, busy_timeout, min(budget, 30.0))
 
 
 # -- files ------------------------------------------------------------------------------------
 
 
 def _open(path: str, own: frozenset[FileKey], warnings: list[str]) -> _Db:
-    """Stat the database and its side files; open db and -shm read-only for F_GETLK.
+    """Stat the database and its side files; open them read-only (db and -shm for F_GETLK too).
 
     A file that this process has open already (`own`: a SQLite connection of the program that
     calls sqlprobe as a library) is not opened: see files.open_regular.
@@ -143,24 +259,27 @@ def _open(path: str, own: frozenset[FileKey], warnings: list[str]) -> _Db:
             db.files.append(SideFile(kind, side, None))
             continue
         db.files.append(SideFile(kind, side, FileKey(st.st_dev, st.st_ino)))
-        if kind in (FileKind.DB, FileKind.SHM):
-            try:
-                fd, st = open_regular(side, own)
-            except OpenInThisProcess:
-                warnings.append(
-                    f"{side} is open in sqlprobe's own process (a SQLite connection?): not "
-                    "queried with F_GETLK, whose close would drop that connection's locks; "
-                    "its own locks are not reported"
-                )
-                continue
-            except CannotInspect as err:
-                if kind is FileKind.DB:
-                    db.error = str(err)
-                continue
-            db.fds[kind] = fd
+        try:
+            fd, st = open_regular(side, own)
+        except OpenInThisProcess:
+            db.own = True
+            warnings.append(
+                f"{side} is open in sqlprobe's own process (a SQLite connection?): not "
+                "opened, because closing a descriptor would drop that connection's locks;"
+                " its own locks are not reported"
+            )
+            continue
+        except CannotInspect as err:
             if kind is FileKind.DB:
-                db.size = st.st_size
-                _read_header(db, fd)
+                db.error = str(err)
+            else:
+                warnings.append(f"{err} (not read)")
+            continue
+        db.fds[kind] = fd
+        db.sizes[kind] = st.st_size
+        if kind is FileKind.DB:
+            db.size = st.st_size
+            _read_header(db, fd)
     db.exists = db.files[0].key is not None or db.error is not None
     return db
 
@@ -177,6 +296,72 @@ def _read_header(db: _Db, fd: int) -> None:
         db.error = f"{db.path}: {describe(err)}"
 
 
+def _read_state(db: _Db, deadline: Deadline) -> None:
+    """The -wal, -shm and -journal headers, read right after the first look at the locks."""
+    locks = db.observations[0].locks
+    wal_fd = db.fds.get(FileKind.WAL)
+    if wal_fd is not None:
+        dms = any(lk.file is FileKind.SHM and lk.name == "dms" for lk in locks)
+        db.wal = read_wal_state(
+            wal_fd, db.sizes[FileKind.WAL], db.fds.get(FileKind.SHM), dms, deadline.end
+        )
+    journal_fd = db.fds.get(FileKind.JOURNAL)
+    if journal_fd is not None:
+        try:
+            db.journal_header_set = journal_header_set(journal_fd)
+        except OSError:
+            db.journal_header_set = False
+
+
+def _state_warnings(db: DatabaseSnapshot) -> list[str]:
+    """What the side files say that a person should know, one line each, naming the file."""
+    out = []
+    paths = {f.kind: f.path for f in db.files}
+    present = {f.kind for f in db.files if f.key is not None}
+    if FileKind.DB not in present and db.error is None:
+        fate = {
+            FileKind.WAL: "delete this file (its contents are lost)",
+            FileKind.SHM: "rebuild this file",
+            FileKind.JOURNAL: "delete this file",
+        }
+        for kind in sorted(present, key=list(FileKind).index):
+            out.append(
+                f"{paths[kind]} exists without its database: a new instance would create the"
+                f" database and {fate[kind]}"
+            )
+    if db.hot_journal:
+        out.append(
+            f"{paths[FileKind.JOURNAL]} is a hot journal: a writer died mid-transaction; the next"
+            " opener must roll it back, which needs an exclusive lock on the database"
+        )
+    wal = db.wal
+    if wal is not None:
+        if wal.problem:
+            out.append(f"{paths[FileKind.WAL]}: {wal.problem}: SQLite ignores its contents")
+        if wal.scan and wal.scan.uncommitted:
+            out.append(
+                f"{paths[FileKind.WAL]}: {wal.scan.uncommitted} frame(s) after the last commit"
+                " (a transaction being written, or cut short by a crash): not counted"
+            )
+        if wal.scan and wal.scan.verified < wal.scan.frames:
+            out.append(
+                f"{paths[FileKind.WAL]}: checksums verified for {wal.scan.verified} of"
+                f" {wal.scan.frames} frames within the time budget; the rest counted by their"
+                " salts and commit markers"
+            )
+        if wal.index_problem and wal.index is IndexState.STALE:
+            out.append(
+                f"{paths[FileKind.SHM]}: {wal.index_problem}; nobody has it open, so the next"
+                " opener rebuilds it from the WAL"
+            )
+        elif wal.index_problem and wal.index is IndexState.INVALID:
+            out.append(
+                f"{paths[FileKind.SHM]}: {wal.index_problem}, although a live process holds it:"
+                " a new instance would have to run WAL recovery"
+            )
+    return out
+
+
 # -- holders ----------------------------------------------------------------------------------
 
 
@@ -184,16 +369,21 @@ def _find_openers(proc: ProcFS, dbs: list[_Db]) -> int:
     """Record, per database, which processes have which of its files open.
 
     Candidates are found by the link text's basename (cheap), then confirmed by (device, inode),
-    so that a data dir reached through a symlink or a bind mount still matches. Returns the count
-    of processes whose descriptors could not be read.
+    so that a data dir reached through a symlink or a bind mount still matches. A link that reads
+    `<one of the files> (deleted)` is a file deleted while held open: recorded apart. Returns the
+    count of processes whose descriptors could not be read.
     """
-    names = {os.path.basename(f.path) for db in dbs for f in db.files if f.key}
-    if not names:
-        return 0
+    names = {os.path.basename(f.path) for db in dbs for f in db.files}
+    paths = {f.path: (db, f.kind) for db in dbs for f in db.files}
     unreadable = set()
     for pid in proc.pids():
         try:
-            for fd, _link in proc.fd_targets(pid, names):
+            for fd, link in proc.fd_targets(pid, names):
+                if link.endswith(DELETED_SUFFIX):
+                    found = paths.get(link.removesuffix(DELETED_SUFFIX))
+                    if found:
+                        found[0].deleted[(pid, fd)] = found[1]
+                    continue
                 key = proc.fd_key(pid, fd)
                 for db in dbs:
                     kind = db.kind_of(key)
@@ -206,6 +396,19 @@ def _find_openers(proc: ProcFS, dbs: list[_Db]) -> int:
     for db in dbs:
         db.unreadable = unreadable
     return len(unreadable)
+
+
+def _confirm_deleted(proc: ProcFS, dbs: list[_Db]) -> None:
+    """Keep only the deleted files still held at the end: the last connection to close a WAL
+    database unlinks -wal and -shm a moment before it closes them, a step, not a state."""
+    for db in dbs:
+        for (pid, fd), _kind in list(db.deleted.items()):
+            try:
+                still = proc.fd_link(pid, fd).endswith(DELETED_SUFFIX)
+            except (NoSuchProcess, AccessDenied):
+                still = False
+            if not still:
+                del db.deleted[(pid, fd)]
 
 
 def _blocking_pids(dbs: list[_Db]) -> set[int | None] | None:
@@ -312,6 +515,10 @@ def _finish(proc: ProcFS, db: _Db) -> DatabaseSnapshot:
         error=db.error,
         holders=tuple(_holders(proc, db)) if db.observations else (),
         observations=tuple(db.observations),
+        wal=db.wal,
+        journal_size=db.sizes.get(FileKind.JOURNAL),
+        journal_header_set=db.journal_header_set,
+        deleted_open=tuple(sorted(set((pid, kind) for (pid, _fd), kind in db.deleted.items()))),
     )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 
 from .effects import Outcome, describe, effective_mode, outcome
-from .model import DatabaseSnapshot, JournalMode, Lock, Observation, Snapshot
+from .model import DatabaseSnapshot, FileKind, JournalMode, Lock, Observation, Snapshot
 from .text import safe, shorten
 
 
@@ -41,6 +41,8 @@ EXIT_CODES = {state: ExitCode[state.name] for state in State}
 # Which database decides for the whole target: a definite block outranks "cannot judge".
 SEVERITY = {State.CLEAR: 0, State.SHARED: 1, State.ERROR: 2, State.BUSY: 3, State.STUCK: 4}
 
+# Probe results that mean SQLite cannot read the database at all (SQLITE_CORRUPT_* included).
+UNREADABLE = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
 ASLEEP = frozenset("SDI")  # thread states that are waiting, not running
 STOPPED = {"T": "is stopped (state T)", "t": "is stopped by a tracer (state t)"}
 COMMAND_WIDTH = 60
@@ -88,6 +90,10 @@ def judge(snapshot: Snapshot) -> Verdict:
     reason = worst.reason
     if len(verdicts) > 1 and worst.state is not State.CLEAR:
         reason = f"{safe(worst.path)}: {reason}"
+    if snapshot.cut_short:
+        reason += (
+            f" (the {snapshot.timeout_s:g} s timeout cut short {' and '.join(snapshot.cut_short)})"
+        )
     if worst.state in (State.CLEAR, State.SHARED) and snapshot.uninspected_processes:
         n = snapshot.uninspected_processes
         reason += (
@@ -101,6 +107,11 @@ def judge_database(db: DatabaseSnapshot, window_s: float) -> DatabaseVerdict:
     mode = db.journal_mode
     if db.error:
         return DatabaseVerdict(db.path, State.ERROR, safe(db.error), mode)
+    if db.deleted_open:
+        return DatabaseVerdict(db.path, State.ERROR, _deleted_reason(db), mode)
+    if db.probe and db.probe.result.startswith(UNREADABLE):
+        reason = f"SQLite cannot read {safe(db.path)}: {safe(db.probe.detail)} ({db.probe.result})"
+        return DatabaseVerdict(db.path, State.ERROR, reason, mode)
     if not db.exists:
         reason = f"{safe(db.path)} does not exist: a new instance would create it"
         return DatabaseVerdict(db.path, State.CLEAR, reason, mode)
@@ -188,6 +199,25 @@ def stuck_clause(pid: int | None, observations: tuple[Observation, ...]) -> str 
         threads = "its only thread" if n == 1 else f"all {n} threads"
         return f"used no CPU, {threads} asleep"
     return None
+
+
+def _deleted_reason(db: DatabaseSnapshot) -> str:
+    pid, kind = db.deleted_open[0]
+    pids = sorted({p for p, _ in db.deleted_open})
+    name = safe(db.path + kind.suffix)
+    holder = db.holder(pid)
+    who = f"pid {pid}" + (f" ({shorten(safe(holder.command), COMMAND_WIDTH)})" if holder else "")
+    if kind is FileKind.DB:
+        risk = (
+            "its writes go to a file that no longer has a name, and a new instance would start"
+            " on another database"
+        )
+    else:
+        risk = (
+            "a new instance would make a new one beside it, and the two processes would not see"
+            " each other's writes (a way to corrupt the database)"
+        )
+    return f"{name} was deleted while {who} still has it open: {risk}; stop {_pid_list(pids)} first"
 
 
 def _who(db: DatabaseSnapshot, lock: Lock) -> str:

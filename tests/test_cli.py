@@ -27,12 +27,14 @@ def test_check_help_has_examples_and_exit_codes(run):
         assert f"{code}  {word}" in top
 
 
-def test_clear_human_output_is_one_line(wal_db, run):
+def test_clear_human_output_is_the_verdict_then_the_file_state(wal_db, run):
     result = run("check", wal_db)
-    assert (result.exit_code, result.stdout) == (
-        0,
-        f"clear: no other process holds {wal_db} or its side files\n",
-    )
+    lines = result.stdout.splitlines()
+    assert result.exit_code == 0
+    assert lines[0] == f"clear: no other process holds {wal_db} or its side files"
+    assert lines[2] == f"{wal_db}  [wal]  clear"
+    assert lines[3].startswith("  database: 8.0 KiB, 2 pages of 4096 bytes")
+    assert lines[-1].startswith("  probe: ok (immutable, ")
 
 
 def test_missing_path_is_clear(tmp_path, run):

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import apsw
 import click
 import pytest
 import tabulate
@@ -76,9 +77,9 @@ def as_nobody() -> Iterator[list[str]]:
         pytest.skip("no Python >= 3.10 that the nobody user can execute")
     lib = tempfile.mkdtemp(prefix="sqlprobe-nobody-")
     os.chmod(lib, 0o755)
-    for module in (sqlprobe, click, tabulate):
+    for module in (sqlprobe, click, tabulate, apsw):
         src = Path(module.__file__)
-        if src.name == "__init__.py":
+        if src.name.startswith("__init__."):  # a package (apsw's __init__ is a .so)
             shutil.copytree(src.parent, Path(lib) / src.parent.name)
         else:
             shutil.copy(src, lib)
@@ -87,7 +88,11 @@ def as_nobody() -> Iterator[list[str]]:
             os.chmod(os.path.join(root, name), 0o755)
         for name in files:
             os.chmod(os.path.join(root, name), 0o644)
-    yield ["env", f"PYTHONPATH={lib}", python, "-m", "sqlprobe"]
+    argv = ["env", f"PYTHONPATH={lib}", python]
+    if subprocess.run([*argv, "-c", "import apsw"], user=NOBODY, capture_output=True).returncode:
+        shutil.rmtree(lib)
+        pytest.skip(f"{python} cannot load the apsw built for {sys.executable}")
+    yield [*argv, "-m", "sqlprobe"]
     shutil.rmtree(lib)
 
 

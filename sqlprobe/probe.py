@@ -1,0 +1,163 @@
+"""The guarded read-only SQLite probe (sqlite-locking.md §4): is the database readable?
+
+Opening a database with SQLite, even read-only, is not harmless, so:
+- `plan` (pure) picks the only safe way for what the snapshot saw, or says why there is none:
+  `immutable=1` when nobody holds the database (no locks, no side file touched); in WAL mode with
+  live holders and both side files present, `mode=ro&readonly_shm=1` with a short busy timeout
+  and SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE; otherwise skipped, with the reason.
+- `run` opens through a VFS that cannot create or delete a file: every open is read-only and
+  without O_CREAT, every delete is refused. (SQLite's own read-only open creates an empty -wal
+  when the -shm has vanished since the snapshot.)
+- It runs only after the snapshot has closed its raw descriptors: closing one of those would drop
+  the probe connection's POSIX locks (sqlite-locking.md §4).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+from urllib.parse import quote
+
+from .deadline import run_until
+from .effects import Outcome, effective_mode, outcome
+from .model import DatabaseSnapshot, FileKind, JournalMode, Probe, ProbeResult
+
+IMMUTABLE = "immutable"
+READONLY_SHM = "readonly_shm"
+DEFAULT_BUSY_TIMEOUT = 0.1
+VFS_NAME = "sqlprobe-readonly"
+
+_SKIPPING_OUTCOMES = {
+    Outcome.PROTOCOL: "the locks predict SQLite's ~10 s SQLITE_PROTOCOL retry loop",
+    Outcome.RECOVERY: "another process is recovering the WAL",
+}
+
+
+def plan(db: DatabaseSnapshot) -> tuple[str | None, str]:
+    """(how, why): the safe way to open `db` with SQLite, or (None, why not)."""
+    if db.size == 0:
+        return None, "the database file is empty: there is nothing to read"
+    if db.deleted_open:
+        return None, "a file of the database was deleted while a process holds it open"
+    if db.hot_journal:
+        return None, (
+            "a hot journal: the database file holds a half-written transaction until the next"
+            " opener rolls it back; reading it as it is would mislead"
+        )
+    locks = db.observations[0].locks if db.observations else ()
+    if not db.holders and not any(obs.locks for obs in db.observations):
+        return IMMUTABLE, "nobody holds the database: opened immutable (no locks, no side files)"
+    mode = effective_mode(db.journal_mode, locks)
+    if mode is not JournalMode.WAL:
+        return None, (
+            "rollback mode with live holders: a read takes SHARED, which can make a writer's"
+            " commit fail at once"
+        )
+    present = {f.kind for f in db.files if f.key is not None}
+    if not {FileKind.WAL, FileKind.SHM} <= present:
+        return None, (
+            "WAL mode with live holders but no -wal or -shm (locking_mode=EXCLUSIVE?): a read-only"
+            " open would fail and could create the missing file"
+        )
+    for lock in locks:
+        why = _SKIPPING_OUTCOMES.get(outcome(lock, mode))  # type: ignore[arg-type]
+        if why:
+            return None, why
+    return READONLY_SHM, "live holders in WAL mode: opened mode=ro&readonly_shm=1"
+
+
+def skipped(why: str) -> Probe:
+    return Probe(ProbeResult.SKIPPED.value, None, why)
+
+
+def run(path: str, how: str, busy_timeout: float, budget: float) -> Probe:
+    """Open `path` read-only the way `plan` chose and read its header and schema.
+
+    Gives up waiting after `budget` seconds (result `timeout`): SQLite's SQLITE_PROTOCOL loop
+    ignores the busy timeout, and the deadline must hold.
+    """
+    if budget <= 0:
+        return Probe(ProbeResult.TIMEOUT.value, how, "no time left before the deadline")
+    started = time.monotonic()
+    job = run_until(lambda: _open_and_read(path, how, busy_timeout), budget, "sqlprobe-probe")
+    if not job.done.is_set():
+        return Probe(
+            ProbeResult.TIMEOUT.value,
+            how,
+            f"SQLite had not answered after {budget:.2f} s (the deadline)",
+            round(time.monotonic() - started, 4),
+        )
+    return job.get()
+
+
+def _open_and_read(path: str, how: str, busy_timeout: float) -> Probe:
+    import apsw  # only the probe needs SQLite: keep it off the other paths
+
+    _guard_vfs(apsw)
+    started = time.monotonic()
+    flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI | apsw.SQLITE_OPEN_NOFOLLOW
+    query = "immutable=1" if how == IMMUTABLE else "mode=ro&readonly_shm=1"
+    uri = f"file:{quote(os.fsencode(path), safe='/')}?{query}"
+    conn = None
+    try:
+        conn = apsw.Connection(uri, flags=flags, vfs=VFS_NAME)
+        # Should this connection be the last to close, it must not checkpoint or delete the WAL.
+        conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+        conn.set_busy_timeout(max(1, round(busy_timeout * 1000)))
+        # immutable=1 makes SQLite report "delete" whatever the database is: the header says.
+        journal = None if how == IMMUTABLE else _one(conn, "pragma journal_mode")
+        pages = _one(conn, "pragma page_count")
+        user_version = _one(conn, "pragma user_version")
+        _one(conn, "select count(*) from sqlite_schema")  # reads the schema: NOTADB, CORRUPT
+        elapsed = round(time.monotonic() - started, 4)
+        return Probe(ProbeResult.OK.value, how, "read", elapsed, journal, pages, user_version)
+    except apsw.Error as err:
+        elapsed = round(time.monotonic() - started, 4)
+        return Probe(_code_name(apsw, err), how, str(err).split(":", 1)[-1].strip(), elapsed)
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+def _one(conn: Any, sql: str) -> Any:
+    row = conn.execute(sql).fetchone()
+    return row[0] if row else None
+
+
+def _code_name(apsw: Any, err: Any) -> str:
+    """SQLite's name for the error: the extended code's (SQLITE_BUSY_RECOVERY) when it has one."""
+    extended = getattr(err, "extendedresult", None)
+    name = apsw.mapping_extended_result_codes.get(extended)
+    if not name:
+        name = apsw.mapping_result_codes.get(getattr(err, "result", None), "SQLITE_ERROR")
+    return name
+
+
+_VFS: list[Any] = []  # registered once per process; SQLite keeps a reference by name
+
+
+def _guard_vfs(apsw: Any) -> None:
+    if _VFS:
+        return
+
+    class ReadOnlyVFS(apsw.VFS):
+        """The default VFS, except that it cannot create, write or delete a file."""
+
+        def __init__(self) -> None:
+            super().__init__(VFS_NAME, base="")
+
+        def xOpen(self, name: Any, flags: list[int]) -> Any:
+            unsafe = (
+                apsw.SQLITE_OPEN_CREATE
+                | apsw.SQLITE_OPEN_READWRITE
+                | apsw.SQLITE_OPEN_DELETEONCLOSE
+                | apsw.SQLITE_OPEN_EXCLUSIVE
+            )
+            flags[0] = (flags[0] & ~unsafe) | apsw.SQLITE_OPEN_READONLY
+            return apsw.VFSFile("", name, flags)
+
+        def xDelete(self, name: str, syncdir: bool) -> None:
+            raise apsw.IOError(f"sqlprobe never deletes a file ({name})")
+
+    _VFS.append(ReadOnlyVFS())
