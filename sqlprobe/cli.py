@@ -81,7 +81,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("path", required=False, type=click.Path(path_type=str, readable=False))
+@click.argument("path", required=False, metavar="[PATH]")  # no click.Path: its stat could hang
 @click.option(
     "--window",
     type=click.FloatRange(0, 10),
@@ -108,6 +108,11 @@ def cli() -> None:
     metavar="SECONDS",
     help="How long the read-only SQLite probe waits on a lock.",
 )
+@click.option(
+    "--no-probe",
+    is_flag=True,
+    help="Do not open the database with SQLite at all; read only /proc and the file headers.",
+)
 @output_options
 @_guarded
 def check(
@@ -115,6 +120,7 @@ def check(
     window: float,
     timeout: float,
     busy_timeout: float,
+    no_probe: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -136,7 +142,9 @@ def check(
 
     if as_json and quiet:
         raise click.UsageError("--json and --quiet cannot be used together")
-    snapshot = take_snapshot(path, window=window, timeout=timeout, busy_timeout=busy_timeout)
+    snapshot = take_snapshot(
+        path, window=window, timeout=timeout, busy_timeout=busy_timeout, use_probe=not no_probe
+    )
     verdict = judge(snapshot)
     click.get_current_context().meta["exit_code"] = int(verdict.exit_code)
     if quiet:

@@ -232,7 +232,7 @@ def state_lines(db: DatabaseSnapshot) -> list[str]:
     if db.header:
         h = db.header
         lines.append(
-            f"database: {_size(db.size)}, {h.page_count} pages of {h.page_size} bytes,"
+            f"database: {_size(db.size)}, {_plural(h.page_count, 'page')} of {h.page_size} bytes,"
             f" change counter {h.change_counter}, user_version {h.user_version}"
         )
     elif db.size == 0:
@@ -283,7 +283,7 @@ def _probe_words(probe: Probe) -> str:
     words = f"{probe.result} ({probe.how}, {probe.elapsed_s * 1000:.1f} ms)"
     if probe.result == ProbeResult.OK.value:
         found = [f"journal_mode {probe.journal_mode}"] if probe.journal_mode else []
-        found += [f"{probe.page_count} pages", f"user_version {probe.user_version}"]
+        found += [_plural(probe.page_count or 0, "page"), f"user_version {probe.user_version}"]
         return f"{words}: {', '.join(found)}"
     return f"{words}: {safe(probe.detail)}"
 

@@ -24,7 +24,7 @@ from .effects import effective_mode, outcome
 from .errors import AccessDenied, CannotInspect, HeaderError, NoSuchProcess, OpenInThisProcess
 from .files import describe, open_regular, pread_at_most
 from .filestate import journal_header_set, read_wal_state
-from .layout import DB_HEADER_SIZE, decode, lock_bytes
+from .layout import DB_HEADER_SIZE, WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, decode, lock_bytes
 from .model import (
     DatabaseSnapshot,
     DbHeader,
@@ -338,6 +338,11 @@ def _state_warnings(db: DatabaseSnapshot) -> list[str]:
     if wal is not None:
         if wal.problem:
             out.append(f"{paths[FileKind.WAL]}: {wal.problem}: SQLite ignores its contents")
+        if tail := _partial_frame(wal):
+            out.append(
+                f"{paths[FileKind.WAL]}: ends in a partial frame ({tail} bytes, a write cut"
+                " short) right after its last valid frame: SQLite ignores it"
+            )
         if wal.scan and wal.scan.uncommitted:
             out.append(
                 f"{paths[FileKind.WAL]}: {wal.scan.uncommitted} frame(s) after the last commit"
@@ -362,6 +367,18 @@ def _state_warnings(db: DatabaseSnapshot) -> list[str]:
     return out
 
 
+def _partial_frame(wal: WalState) -> int:
+    """Bytes of a frame cut short right after the walked frames (a crash mid-write), or 0.
+
+    A tail further on is not reported: truncating to journal_size_limit leaves one routinely.
+    """
+    if not (wal.header and wal.scan):
+        return 0
+    frame_size = wal.header.page_size + WAL_FRAME_HEADER_SIZE
+    end = WAL_HEADER_SIZE + (wal.scan.frames + wal.scan.uncommitted) * frame_size
+    return wal.size - end if 0 < wal.size - end < frame_size else 0
+
+
 # -- holders ----------------------------------------------------------------------------------
 
 
@@ -383,6 +400,7 @@ def _find_openers(proc: ProcFS, dbs: list[_Db]) -> int:
                     found = paths.get(link.removesuffix(DELETED_SUFFIX))
                     if found:
                         found[0].deleted[(pid, fd)] = found[1]
+                        found[0].openers.setdefault(pid, set()).add(found[1])
                     continue
                 key = proc.fd_key(pid, fd)
                 for db in dbs:

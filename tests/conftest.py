@@ -50,6 +50,7 @@ class Holder:
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.proc = proc
         self.pid = proc.pid
+        self.ready: list[str] = []
 
     def stop(self) -> None:
         """SIGSTOP, and wait until the kernel reports it stopped (the signal is asynchronous)."""
@@ -87,6 +88,7 @@ def holder() -> Iterator[Callable[..., Holder]]:
         line = proc.stdout.readline() if ready else ""  # type: ignore[union-attr]
         assert line.startswith("ready "), f"holder {state} did not get ready: {line!r}"
         h.pid = int(line.split()[1])  # the holder itself, even behind a wrapper
+        h.ready = line.split()[2:]  # anything else the state reports
         return h
 
     yield start

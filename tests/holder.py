@@ -7,7 +7,9 @@ outlives the test that started it). With --spin the main thread burns CPU while 
 working writer; without it the process sleeps, like a stuck one.
 
 States: wal-idle, wal-read, wal-write, wal-exclusive, rollback-read, rollback-reserved,
-rollback-exclusive, wal-commit-loop (short write transactions, back to back).
+rollback-exclusive, wal-commit-loop (short write transactions, back to back), wal-lagging (a
+WAL that a passive checkpoint could only partly copy, because a reader holds an old snapshot:
+the ready line then ends with that checkpoint's `busy log checkpointed`).
 """
 
 from __future__ import annotations
@@ -44,9 +46,31 @@ def hold(db: str, state: str) -> sqlite3.Connection:
         conn.execute("begin immediate")
     elif state == "rollback-exclusive":
         conn.execute("begin exclusive")
+    elif state == "wal-lagging":
+        return lagging(db, conn)
     elif state != "wal-commit-loop":
         raise SystemExit(f"unknown state {state}")
     return conn
+
+
+KEEP: list[sqlite3.Connection] = []
+CHECKPOINT: list[int] = []
+
+
+def lagging(db: str, writer: sqlite3.Connection) -> sqlite3.Connection:
+    """Writes, a reader pinning a snapshot, more writes, then a passive checkpoint."""
+    writer.execute("pragma wal_autocheckpoint=0")
+    for i in range(5):
+        writer.execute("insert into t values (?)", (f"first {i}",))
+    reader = sqlite3.connect(db, isolation_level=None)
+    reader.execute("begin")
+    reader.execute("select count(*) from t").fetchall()
+    for i in range(5):
+        writer.execute("insert into t values (?)", (f"second {i}",))
+    checkpointer = sqlite3.connect(db, isolation_level=None)
+    CHECKPOINT.extend(checkpointer.execute("pragma wal_checkpoint(passive)").fetchone())
+    KEEP.extend([reader, checkpointer])
+    return writer
 
 
 def main() -> None:
@@ -55,7 +79,7 @@ def main() -> None:
     conn = hold(db, state)
     # Exit as soon as the test closes our stdin (or dies).
     threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
-    print("ready", os.getpid(), flush=True)
+    print("ready", os.getpid(), *CHECKPOINT, flush=True)
     if state == "wal-commit-loop":
         while True:
             conn.execute("begin immediate")

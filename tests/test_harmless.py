@@ -73,7 +73,7 @@ print("commits", commits, "busy", busy, flush=True)
 """
 
 
-def _writer_beside_checks(db, mode: str, seconds: float = 2.0) -> tuple[int, int, int]:
+def _writer_beside_checks(db, mode: str, seconds: float = 2.0) -> tuple[int, int, int, set[str]]:
     writer = subprocess.Popen(
         [sys.executable, "-c", WRITER_LOOP, str(db), mode, str(seconds)],
         stdout=subprocess.PIPE,
@@ -82,8 +82,10 @@ def _writer_beside_checks(db, mode: str, seconds: float = 2.0) -> tuple[int, int
     try:
         assert writer.stdout.readline().strip() == "ready"
         checks = 0
+        probes = set()
         while writer.poll() is None:
-            sqlprobe.check(str(db), window=0.05)
+            snapshot = sqlprobe.check(str(db), window=0.05)
+            probes.add(snapshot.databases[0].probe.result)
             checks += 1
         out = writer.stdout.read()
     finally:
@@ -92,16 +94,18 @@ def _writer_beside_checks(db, mode: str, seconds: float = 2.0) -> tuple[int, int
         writer.stdout.close()
     last = out.strip().splitlines()[-1].split()
     assert last[0] == "commits", out
-    return int(last[1]), int(last[3]), checks
+    return int(last[1]), int(last[3]), checks, probes
 
 
 def test_busy_timeout_zero_writer_in_wal_mode_never_sees_busy(wal_db):
-    commits, busy, checks = _writer_beside_checks(wal_db, "wal")
+    commits, busy, checks, probes = _writer_beside_checks(wal_db, "wal")
     assert busy == 0
     assert commits > 100 and checks > 10  # both really ran, side by side
+    assert "ok" in probes  # and the SQLite probe really opened the database beside the writer
 
 
 def test_busy_timeout_zero_writer_in_rollback_mode_never_sees_busy(rollback_db):
-    commits, busy, checks = _writer_beside_checks(rollback_db, "delete")
+    commits, busy, checks, probes = _writer_beside_checks(rollback_db, "delete")
     assert busy == 0
     assert commits > 100 and checks > 10
+    assert probes == {"skipped"}  # a read would take SHARED: the probe must stay away
