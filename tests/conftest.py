@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import select
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -96,13 +98,47 @@ def holder() -> Iterator[Callable[..., Holder]]:
         h.end()
 
 
-@pytest.fixture
-def run() -> Callable[..., Any]:
-    """Run the CLI in-process: `run("check", path, "--json")` -> click Result."""
-    runner = CliRunner()
+def fingerprint(directory: Path) -> dict[str, tuple[str, int]]:
+    """Name -> (sha256 or file type, mtime) of every entry of a directory."""
+    out = {}
+    for p in sorted(directory.iterdir()):
+        st = p.lstat()
+        if stat.S_ISREG(st.st_mode):
+            out[p.name] = (hashlib.sha256(p.read_bytes()).hexdigest(), st.st_mtime_ns)
+        else:
+            out[p.name] = (stat.filemode(st.st_mode), st.st_mtime_ns)
+    return out
 
-    def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
-        return runner.invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
+
+def _watched_dirs(args: tuple[Any, ...], env: dict[str, str] | None) -> set[Path]:
+    """The directories a check of `args` looks into: its PATH's directory, or the data dir."""
+    dirs = set()
+    for arg in args:
+        if isinstance(arg, Path) and arg.is_absolute():
+            dirs.add(arg if arg.is_dir() and not arg.name.endswith(".db") else arg.parent)
+    if env and env.get("XDG_DATA_HOME"):
+        dirs.add(Path(env["XDG_DATA_HOME"]) / "opencode")
+    return {d for d in dirs if d.is_dir()}
+
+
+@pytest.fixture
+def run(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """Run the CLI in-process: `run("check", path, "--json")` -> click Result.
+
+    Every run also checks that sqlprobe changed nothing: the bytes and mtimes of every file in
+    the directories it looked into are the same after it, and no file appeared. A test whose own
+    holder writes while sqlprobe runs opts out with @pytest.mark.holder_writes.
+    """
+    runner = CliRunner()
+    watch = request.node.get_closest_marker("holder_writes") is None
+
+    def invoke(*args: Any, env: dict[str, str] | None = None) -> Any:
+        dirs = _watched_dirs(args, env) if watch else set()
+        before = {d: fingerprint(d) for d in dirs}
+        result = runner.invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
+        for d in dirs:
+            assert fingerprint(d) == before[d], f"sqlprobe {' '.join(map(str, args))} changed {d}"
+        return result
 
     return invoke
 

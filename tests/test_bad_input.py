@@ -8,7 +8,6 @@ test_environments.py and test_targets.py; odd path bytes in test_cli.py.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import socket
@@ -17,21 +16,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, is_root, make_db
+from conftest import FIXTURES, fingerprint, is_root, make_db
 
 FILES = FIXTURES / "files"
-
-
-def fingerprint(directory: Path) -> dict[str, tuple[str, int]]:
-    """Name -> (sha256, mtime) of every regular file; other kinds by their type."""
-    out = {}
-    for p in sorted(directory.iterdir()):
-        st = p.lstat()
-        if stat.S_ISREG(st.st_mode):
-            out[p.name] = (hashlib.sha256(p.read_bytes()).hexdigest(), st.st_mtime_ns)
-        else:
-            out[p.name] = (stat.filemode(st.st_mode), st.st_mtime_ns)
-    return out
 
 
 def _fixture(name: str, *suffixes: str) -> Callable[[Path], None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
 from conftest import lock_names, make_db, only_holder
 
 SHM, DB = "shm", "db"
@@ -117,6 +118,7 @@ def test_window_zero_judges_on_one_look(wal_db, holder, check_json):
     assert doc["databases"][0]["blockers"][0]["pid"] == h.pid
 
 
+@pytest.mark.holder_writes
 def test_short_write_transactions_do_not_count_as_busy(wal_db, holder, check_json):
     holder(wal_db, "wal-commit-loop")
     verdicts = {check_json(wal_db)[0]["verdict"] for _ in range(5)}

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from conftest import make_db
+from conftest import fingerprint, make_db
 
 from sqlprobe.cli import cli
 
@@ -192,13 +190,6 @@ def test_internal_error_is_one_line_and_exit_1(wal_db, monkeypatch, run):
 # -- harmlessness --------------------------------------------------------------------------------
 
 
-def _fingerprint(directory: Path) -> dict[str, tuple[str, int]]:
-    return {
-        p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-        for p in sorted(directory.iterdir())
-    }
-
-
 @pytest.mark.parametrize(
     ("state", "wal"),
     [
@@ -216,10 +207,10 @@ def test_check_changes_no_byte_and_creates_no_file(tmp_path, holder, run, state,
     db = make_db(tmp_path / "opencode.db", wal=wal)
     if state:
         holder(db, state)
-    before = _fingerprint(tmp_path)
+    before = fingerprint(tmp_path)
     result = run("check", db, "--json")
     assert result.exit_code in (0, 3, 4, 5)
-    assert _fingerprint(tmp_path) == before
+    assert fingerprint(tmp_path) == before
 
 
 # -- the installed script -------------------------------------------------------------------------
