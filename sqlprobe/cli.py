@@ -131,11 +131,16 @@ def check(
     $XDG_DATA_HOME/opencode, else ~/.local/share/opencode. A PATH that does not exist is
     clear: a new instance would create the database.
 
+    It also reads the database, -wal and -shm headers (WAL frames not yet checkpointed, the
+    state of the WAL index, a hot journal) and, where that is safe, opens the database
+    read-only with SQLite to confirm it is readable. It answers within --timeout.
+
     \b
     Example:
       sqlprobe check                       # opencode's default database
       sqlprobe check ~/.local/share/opencode --json | jq .verdict
-      sqlprobe check -q app.db || echo "not clear: exit $?"
+      sqlprobe check --json | jq '.databases[0].wal'   # checkpoint lag
+      sqlprobe check -q --timeout 1 app.db || echo "not clear: exit $?"
     """
     from .snapshot import check as take_snapshot
     from .verdict import State, judge
