@@ -19,6 +19,7 @@ from .layout import (
     SHM_VERSION,
 )
 from .model import ShmHeader
+from .wal import checksum
 
 # iVersion, unused, iChange, isInit, bigEndCksum, szPage, mxFrame, nPage, aFrameCksum[2],
 # aSalt[2], aCksum[2]: 48 bytes, no padding.
@@ -26,16 +27,6 @@ _INDEX = "3I2BH8I"
 # nBackfill, aReadMark[5], aLock[8], nBackfillAttempted.
 _CKPT = "6I8xI"
 _CKSUM_BYTES = 40  # the index header's checksum covers everything before aCksum
-
-
-def _native_checksum(data: bytes, order: str) -> tuple[int, int]:
-    """walChecksumBytes with nativeCksum=1: the header checksum is over native-order words."""
-    s1 = s2 = 0
-    words = struct.unpack(f"{order}{len(data) // 4}I", data)
-    for i in range(0, len(words), 2):
-        s1 = (s1 + words[i] + s2) & 0xFFFFFFFF
-        s2 = (s2 + words[i + 1] + s1) & 0xFFFFFFFF
-    return s1, s2
 
 
 def parse_header(data: bytes, byteorder: str = sys.byteorder) -> ShmHeader:
@@ -60,7 +51,8 @@ def parse_header(data: bytes, byteorder: str = sys.byteorder) -> ShmHeader:
         raise HeaderError("the WAL index header is not initialised")
     if version != SHM_VERSION:
         raise HeaderError(f"unknown WAL index version {version}")
-    if _native_checksum(first[:_CKSUM_BYTES], order) != (ck1, ck2):
+    # walChecksumBytes with nativeCksum=1: over the words in the writer's own byte order.
+    if checksum(first[:_CKSUM_BYTES], 0, 0, big_endian=order == ">") != (ck1, ck2):
         raise HeaderError("the WAL index header checksum does not match")
     backfill, *marks, attempted = struct.unpack_from(order + _CKPT, data, SHM_CKPT_INFO)
     return ShmHeader(
