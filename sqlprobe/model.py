@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 
 class FileKind(str, Enum):
@@ -95,6 +96,16 @@ class Lock:
         return (self.file, self.name, self.mode, self.pid, self.waiter)
 
 
+class ThreadSample(NamedTuple):
+    """One look at one thread: /proc/PID/task/TID/{stat,schedstat,wchan}."""
+
+    tid: int
+    state: str
+    cpu_ns: int  # CPU time from schedstat (tick precision where schedstat is missing)
+    wchan: str = ""  # the kernel function it sleeps in ("futex_do_wait"); "" when running
+    scheduled: int = 0  # times it was put on a CPU (schedstat's third field): its switches in
+
+
 @dataclass(frozen=True, slots=True)
 class ProcSample:
     """One look at a process: /proc/PID/stat, plus its threads when they were sampled."""
@@ -103,8 +114,8 @@ class ProcSample:
     start_ticks: int  # field 22 of stat: with the pid, the process's identity
     state: str  # R, S, D, T, t, Z, ...
     cpu_s: float  # utime + stime, in seconds (clock-tick precision)
-    # Per-thread (tid, state, CPU ns from schedstat); empty when threads were not sampled.
-    threads: tuple[tuple[int, str, int], ...] = ()
+    threads: tuple[ThreadSample, ...] = ()  # empty when threads were not sampled
+    ppid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +125,8 @@ class Observation:
     t: float  # monotonic seconds
     locks: tuple[Lock, ...]
     procs: tuple[ProcSample, ...]
+    # (waiter pid, holder pid) from every `->` line of /proc/locks, on any file.
+    waits: tuple[tuple[int, int], ...] = ()
 
     def proc(self, pid: int | None) -> ProcSample | None:
         return next((p for p in self.procs if p.pid == pid), None)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 from .errors import AccessDenied, NoSuchProcess
-from .model import ByteRange, FileKey, LockLine, ProcSample
+from .model import ByteRange, FileKey, LockLine, ProcSample, ThreadSample
 
 DELETED_SUFFIX = " (deleted)"
 
@@ -55,14 +56,23 @@ def parse_locks(text: str) -> tuple[list[LockLine], int]:
     return lines, bad
 
 
-def parse_stat(data: bytes) -> tuple[str, int, int]:
-    """(state, cpu ticks, start ticks) from /proc/PID/stat.
+class StatFields(NamedTuple):
+    state: str
+    ppid: int
+    cpu_ticks: int  # utime + stime
+    start_ticks: int
+
+
+def parse_stat(data: bytes) -> StatFields:
+    """(state, ppid, cpu ticks, start ticks) from /proc/PID/stat.
 
     Split at the *last* `)`: the command name may itself contain spaces and parentheses.
     """
     fields = data[data.rindex(b")") + 2 :].split()
-    # Field n of proc(5) is fields[n - 3]: state 3, utime 14, stime 15, starttime 22.
-    return fields[0].decode(), int(fields[11]) + int(fields[12]), int(fields[19])
+    # Field n of proc(5) is fields[n - 3]: state 3, ppid 4, utime 14, stime 15, starttime 22.
+    return StatFields(
+        fields[0].decode(), int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19])
+    )
 
 
 def parse_cmdline(data: bytes) -> str:
@@ -166,26 +176,34 @@ class ProcFS:
         return parse_locks(body)[0]
 
     def sample(self, pid: int, threads: bool = False) -> ProcSample:
-        """State and CPU time of `pid`; with `threads`, each thread's state and CPU ns too."""
-        state, cpu, start = parse_stat(self._read(pid, "stat"))
-        per_thread: tuple[tuple[int, str, int], ...] = ()
+        """State and CPU time of `pid`; with `threads`, each thread's state, CPU, wchan too."""
+        st = parse_stat(self._read(pid, "stat"))
+        per_thread: tuple[ThreadSample, ...] = ()
         if threads:
             per_thread = tuple(self._threads(pid))
-        return ProcSample(pid, start, state, cpu / self.clock_ticks, per_thread)
+        return ProcSample(
+            pid, st.start_ticks, st.state, st.cpu_ticks / self.clock_ticks, per_thread, st.ppid
+        )
 
-    def _threads(self, pid: int) -> Iterator[tuple[int, str, int]]:
+    def _threads(self, pid: int) -> Iterator[ThreadSample]:
         with self._reading(pid, "task"):
             tids = os.listdir(f"{self.root}/{pid}/task")
         for tid in tids:
+            task = f"task/{tid}"
             try:
-                state, ticks, _ = parse_stat(self._read(pid, f"task/{tid}/stat"))
+                st = parse_stat(self._read(pid, f"{task}/stat"))
                 try:
-                    ns = int(self._read(pid, f"task/{tid}/schedstat").split()[0])
-                except (AccessDenied, NoSuchProcess, ValueError, IndexError):
-                    ns = ticks * 1_000_000_000 // self.clock_ticks  # no schedstat: tick precision
+                    ns, _wait, scheduled = map(int, self._read(pid, f"{task}/schedstat").split())
+                except (AccessDenied, NoSuchProcess, ValueError):
+                    # No schedstat: tick precision, switches unknown.
+                    ns, scheduled = st.cpu_ticks * 1_000_000_000 // self.clock_ticks, 0
+                try:
+                    wchan = self._read(pid, f"{task}/wchan").decode("ascii", "replace")
+                except AccessDenied:
+                    wchan = "?"
             except NoSuchProcess:
                 continue  # the thread exited between the listing and the read
-            yield int(tid), state, ns
+            yield ThreadSample(int(tid), st.state, ns, "" if wchan == "0" else wchan, scheduled)
 
     def cmdline(self, pid: int) -> str:
         command = parse_cmdline(self._read(pid, "cmdline"))

@@ -10,6 +10,7 @@ import shlex
 from typing import Any
 
 from .effects import outcome
+from .health import Health, health, likely_waiting, persistent_edges, waits_on
 from .layout import WAL_FRAME_HEADER_SIZE
 from .model import (
     DatabaseSnapshot,
@@ -68,6 +69,7 @@ def _database_json(db: DatabaseSnapshot, dv: DatabaseVerdict) -> dict[str, Any]:
     last = db.observations[-1] if db.observations else None
     locks = first.locks if first else ()
     holders = []
+    edges = persistent_edges(db.observations)
     for h in db.holders:
         sample = last.proc(h.pid) if last else None
         mine = [lk for lk in locks if lk.pid == h.pid]
@@ -85,6 +87,9 @@ def _database_json(db: DatabaseSnapshot, dv: DatabaseVerdict) -> dict[str, Any]:
                 "fds_readable": h.fds_readable,
                 "locks": [_lock_json(lk, dv) for lk in mine if not lk.waiter],
                 "waiting_for": [_lock_json(lk, dv) for lk in mine if lk.waiter],
+                "waiting_on": waits_on(h.pid, edges),
+                "likely_waiting_on": _likely(db, dv, h.pid),
+                "health": _health_json(health(h.pid, db.observations)),
                 "stuck": stuck,
             }
         )
@@ -114,6 +119,27 @@ def _database_json(db: DatabaseSnapshot, dv: DatabaseVerdict) -> dict[str, Any]:
             }
             for b in dv.blockers
         ],
+    }
+
+
+def _likely(db: DatabaseSnapshot, dv: DatabaseVerdict, pid: int) -> list[int]:
+    """The blockers `pid` is likely waiting on: an inference from nanosleep (health.py)."""
+    blockers = sorted({b.lock.pid for b in dv.blockers if b.lock.pid and b.lock.pid != pid})
+    if not blockers or not likely_waiting(pid, db.observations):
+        return []
+    return blockers
+
+
+def _health_json(h: Health | None) -> dict[str, Any] | None:
+    if h is None:
+        return None
+    return {
+        "states": h.states,
+        "samples": h.samples,
+        "threads": h.threads,
+        "thread_summary": h.thread_summary,
+        "window_cpu_s": h.cpu_s,
+        "window_switches": h.switches,
     }
 
 
@@ -208,6 +234,8 @@ def human(snapshot: Snapshot, verdict: Verdict, style: Any, data_dir: str) -> st
         out.extend(f"  {line}" for line in state_lines(db))
         if db.holders:
             out.append(_indent(_holder_table(db, dv, windowed)))
+            if windowed:
+                out.extend(f"  {line}" for line in health_lines(db, dv))
         hidden = [lk for lk in (db.observations[0].locks if db.observations else ()) if not lk.pid]
         if hidden:
             cells = ", ".join(_lock_cell(lk, dv, windowed) for lk in hidden)
@@ -248,6 +276,31 @@ def state_lines(db: DatabaseSnapshot) -> list[str]:
         lines.append(f"journal: {_size(db.journal_size)}, not hot")
     if db.probe:
         lines.append("probe: " + _probe_words(db.probe))
+    return lines
+
+
+def health_lines(db: DatabaseSnapshot, dv: DatabaseVerdict) -> list[str]:
+    """Per holder, what it did in the window; who waits on whom."""
+    lines = []
+    edges = persistent_edges(db.observations)
+    for h in db.holders:
+        got = health(h.pid, db.observations)
+        if got is None:
+            continue
+        words = [got.thread_summary or f"state {got.states}"]
+        if got.cpu_s is not None:
+            words.append(f"{got.cpu_s:.2f} s CPU in the window")
+        if got.switches is not None:
+            words.append(f"scheduled {got.switches} times")
+        line = f"pid {h.pid}: " + "; ".join(words)
+        if others := waits_on(h.pid, edges):
+            line += f"; waits in the kernel on {', '.join(f'pid {p}' for p in others)}"
+        if likely := _likely(db, dv, h.pid):
+            line += (
+                f"; likely waiting on {', '.join(f'pid {p}' for p in likely)} (inferred: its"
+                " threads sleep in nanosleep, as SQLite's busy handler does)"
+            )
+        lines.append(line)
     return lines
 
 

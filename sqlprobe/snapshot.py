@@ -24,6 +24,7 @@ from .effects import effective_mode, outcome
 from .errors import AccessDenied, CannotInspect, HeaderError, NoSuchProcess, OpenInThisProcess
 from .files import describe, open_regular, pread_at_most
 from .filestate import journal_header_set, read_wal_state
+from .health import wait_edges
 from .layout import DB_HEADER_SIZE, WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, decode, lock_bytes
 from .model import (
     DatabaseSnapshot,
@@ -162,7 +163,7 @@ def take(
         blocking = _blocking_pids(dbs)
         used = window
         if blocking is not None and window > 0:
-            used = _sample_window(proc, dbs, warnings, blocking, window, deadline)
+            used = _sample_window(proc, dbs, warnings, window, deadline)
             if used < window:
                 cut.append(f"the window ({used:.2f} s of {window:g} s)")
     finally:
@@ -201,7 +202,6 @@ def _sample_window(
     proc: ProcFS,
     dbs: list[_Db],
     warnings: list[str],
-    blocking: set[int | None],
     window: float,
     deadline: Deadline,
 ) -> float:
@@ -218,7 +218,7 @@ def _sample_window(
         if t > end:
             break
         time.sleep(max(0.0, t - time.monotonic()))
-        _observe(proc, dbs, warnings, threads_of=blocking)
+        _observe(proc, dbs, warnings, threads_of=None)  # every holder: health, waiting
     covered = dbs[0].observations[-1].t - start
     return window if covered >= window - 1e-3 else round(covered, 3)
 
@@ -402,7 +402,10 @@ def _find_openers(proc: ProcFS, dbs: list[_Db]) -> int:
                         found[0].deleted[(pid, fd)] = found[1]
                         found[0].openers.setdefault(pid, set()).add(found[1])
                     continue
-                key = proc.fd_key(pid, fd)
+                try:
+                    key = proc.fd_key(pid, fd)
+                except NoSuchProcess:
+                    continue  # this descriptor closed since the listing (a -journal, say)
                 for db in dbs:
                     kind = db.kind_of(key)
                     if kind is not None:
@@ -447,11 +450,15 @@ def _blocking_pids(dbs: list[_Db]) -> set[int | None] | None:
 
 
 def _observe(
-    proc: ProcFS, dbs: list[_Db], warnings: list[str], threads_of: set[int | None]
+    proc: ProcFS, dbs: list[_Db], warnings: list[str], threads_of: set[int | None] | None
 ) -> None:
-    """One observation of every database: /proc/locks, F_GETLK, and the holders' state."""
+    """One observation of every database: /proc/locks, F_GETLK, and the holders' state.
+
+    Threads are sampled for the pids in `threads_of` (None: every holder).
+    """
     lines, bad = proc.locks()
     now = time.monotonic()
+    waits = wait_edges(lines)
     if bad:
         warnings.append(f"{bad} line(s) of /proc/locks could not be parsed")
     for db in dbs:
@@ -462,10 +469,11 @@ def _observe(
         procs = []
         for pid in sorted(pids):
             try:
-                procs.append(proc.sample(pid, threads=pid in threads_of))
+                threads = threads_of is None or pid in threads_of
+                procs.append(proc.sample(pid, threads=threads))
             except (NoSuchProcess, AccessDenied):
                 continue
-        db.observations.append(Observation(now, tuple(locks), tuple(procs)))
+        db.observations.append(Observation(now, tuple(locks), tuple(procs), waits))
 
 
 def _locks_from_lines(db: _Db, lines: Iterable[LockLine], warnings: list[str]) -> list[Lock]:

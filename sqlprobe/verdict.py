@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 
 from .effects import Outcome, describe, effective_mode, outcome
+from .health import cycle_through, kernel_lock_wait, persistent_edges, waits_on
 from .model import DatabaseSnapshot, FileKind, JournalMode, Lock, Observation, Snapshot
 from .text import safe, shorten
 
@@ -169,7 +170,8 @@ def persisting(observations: tuple[Observation, ...]) -> frozenset[tuple]:
 def stuck_clause(pid: int | None, observations: tuple[Observation, ...]) -> str | None:
     """Which clause of the stuck rule holds for `pid` across the window, or None.
 
-    Stuck: stopped or traced all window; or itself waiting on a lock all window; or no CPU used
+    Stuck: stopped or traced all window; or on a wait-for cycle (deadlocked); or itself waiting
+    on a lock all window (a `->` line, or a thread asleep in a file-lock wait); or no CPU used
     while every thread slept in every sample. Needs at least two observations of the process.
     """
     if pid is None or len(observations) < 2:
@@ -180,9 +182,17 @@ def stuck_clause(pid: int | None, observations: tuple[Observation, ...]) -> str 
     states = {s.state for s in samples if s}
     if len(states) == 1 and (clause := STOPPED.get(next(iter(states)))):
         return clause
+    edges = persistent_edges(observations)
+    if cycle := cycle_through(pid, edges):
+        steps = ", which waits on ".join(f"pid {p}" for p in [*cycle, pid])
+        return f"is deadlocked: {steps}"
     if all(any(lk.waiter and lk.pid == pid for lk in obs.locks) for obs in observations):
         waited = next(lk for lk in observations[-1].locks if lk.waiter and lk.pid == pid)
         return f"is itself waiting on {describe(waited)} held by another process"
+    if others := waits_on(pid, edges):
+        return f"is itself waiting on a lock held by {_pid_list(others)}"
+    if kernel_lock_wait(pid, observations):
+        return "is itself waiting on a file lock in the kernel (its holder is not visible)"
     if samples[0].cpu_s != samples[-1].cpu_s:  # type: ignore[union-attr]
         return None
     # Threads are sampled from the second look on, once a blocking lock was seen.
@@ -190,11 +200,11 @@ def stuck_clause(pid: int | None, observations: tuple[Observation, ...]) -> str 
     if len(threaded) < 2:
         return None  # no evidence of sleep
     first, last = threaded[0], threaded[-1]
-    if {t[0] for t in first.threads} != {t[0] for t in last.threads}:
+    if {t.tid for t in first.threads} != {t.tid for t in last.threads}:
         return None  # threads came or went: something is happening
-    if sum(t[2] for t in last.threads) != sum(t[2] for t in first.threads):
+    if sum(t.cpu_ns for t in last.threads) != sum(t.cpu_ns for t in first.threads):
         return None
-    if all(t[1] in ASLEEP for s in threaded for t in s.threads):
+    if all(t.state in ASLEEP for s in threaded for t in s.threads):
         n = len(last.threads)
         threads = "its only thread" if n == 1 else f"all {n} threads"
         return f"used no CPU, {threads} asleep"

@@ -4,7 +4,8 @@
 
 Prints `ready <pid>` once the state is held, then holds it until stdin closes (so it never
 outlives the test that started it). With --spin the main thread burns CPU while holding, like a
-working writer; without it the process sleeps, like a stuck one.
+working writer; without it the process sleeps, like a stuck one; with --futex its main thread
+blocks on a lock that is never released (parked on a futex, as in the opencode hang).
 
 States: wal-idle, wal-read, wal-write, wal-exclusive, rollback-read, rollback-reserved,
 rollback-exclusive, wal-commit-loop (short write transactions, back to back), wal-lagging (a
@@ -86,6 +87,10 @@ def main() -> None:
             conn.execute("insert into t values (2)")
             conn.execute("commit")
             time.sleep(0.002)
+    if "--futex" in sys.argv[3:]:
+        parked = threading.Lock()
+        parked.acquire()
+        parked.acquire()  # never returns: the thread waits on a futex
     while True:
         if spin:
             sum(range(10_000))

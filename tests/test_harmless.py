@@ -85,7 +85,8 @@ def _writer_beside_checks(db, mode: str, seconds: float = 2.0) -> tuple[int, int
         probes = set()
         while writer.poll() is None:
             snapshot = sqlprobe.check(str(db), window=0.05)
-            probes.add(snapshot.databases[0].probe.result)
+            if snapshot.databases[0].holders:  # not the last instants, after the writer closed
+                probes.add(snapshot.databases[0].probe.result)
             checks += 1
         out = writer.stdout.read()
     finally:

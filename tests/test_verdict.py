@@ -17,6 +17,7 @@ from sqlprobe.model import (
     Observation,
     ProcSample,
     Snapshot,
+    ThreadSample,
 )
 from sqlprobe.verdict import ExitCode, State, judge
 
@@ -35,7 +36,7 @@ IDLE_WAL = (lock("shared", False), lock("dms", False))
 
 
 def proc(state: str = "R", cpu: float = 1.0, threads=((1, "R", 10),), start: int = 100):
-    return ProcSample(PID, start, state, cpu, threads)
+    return ProcSample(PID, start, state, cpu, tuple(ThreadSample(*t) for t in threads))
 
 
 def snap(
