@@ -80,39 +80,74 @@ def cli() -> None:
     """
 
 
+def snapshot_options(func: F) -> F:
+    """PATH and the options of taking a snapshot, shared by `check` and `diagnose`."""
+    for option in reversed(
+        [
+            # No click.Path for PATH: click would stat it in the main thread, which a hung
+            # filesystem blocks before the deadline can help.
+            click.argument("path", required=False, metavar="[PATH]"),
+            click.option(
+                "--window",
+                type=click.FloatRange(0, 10),
+                default=0.3,
+                show_default=True,
+                metavar="SECONDS",
+                help="How long a blocking lock must persist to count (sampled every 0.05 s). "
+                "Only spent when a blocking lock is seen; 0 judges on one look.",
+            ),
+            click.option(
+                "--timeout",
+                type=click.FloatRange(0.1, 3600),
+                default=3.0,
+                show_default=True,
+                metavar="SECONDS",
+                help="Answer within this long whatever happens (a hung filesystem, a holder "
+                "that never lets go); work cut short is named in the verdict.",
+            ),
+            click.option(
+                "--busy-timeout",
+                type=click.FloatRange(0, 10),
+                default=0.1,
+                show_default=True,
+                metavar="SECONDS",
+                help="How long the read-only SQLite probe waits on a lock.",
+            ),
+            click.option(
+                "--no-probe",
+                is_flag=True,
+                help="Do not open the database with SQLite at all; read only /proc and the file "
+                "headers.",
+            ),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def _take(path: str | None, window: float, timeout: float, busy_timeout: float, no_probe: bool):
+    from .snapshot import check as take_snapshot
+    from .verdict import judge
+
+    snapshot = take_snapshot(
+        path, window=window, timeout=timeout, busy_timeout=busy_timeout, use_probe=not no_probe
+    )
+    verdict = judge(snapshot)
+    click.get_current_context().meta["exit_code"] = int(verdict.exit_code)
+    return snapshot, verdict
+
+
+def _report(snapshot: Any, verdict: Any) -> tuple[str, bool]:
+    """The human report, and whether it is coloured."""
+    from .render import human
+    from .targets import opencode_data_dir
+
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    return human(snapshot, verdict, _styler(color), opencode_data_dir(os.environ)), color
+
+
 @cli.command()
-@click.argument("path", required=False, metavar="[PATH]")  # no click.Path: its stat could hang
-@click.option(
-    "--window",
-    type=click.FloatRange(0, 10),
-    default=0.3,
-    show_default=True,
-    metavar="SECONDS",
-    help="How long a blocking lock must persist to count (sampled every 0.05 s). "
-    "Only spent when a blocking lock is seen; 0 judges on one look.",
-)
-@click.option(
-    "--timeout",
-    type=click.FloatRange(0.1, 3600),
-    default=3.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="Answer within this long whatever happens (a hung filesystem, a holder that never "
-    "lets go); work cut short is named in the verdict.",
-)
-@click.option(
-    "--busy-timeout",
-    type=click.FloatRange(0, 10),
-    default=0.1,
-    show_default=True,
-    metavar="SECONDS",
-    help="How long the read-only SQLite probe waits on a lock.",
-)
-@click.option(
-    "--no-probe",
-    is_flag=True,
-    help="Do not open the database with SQLite at all; read only /proc and the file headers.",
-)
+@snapshot_options
 @output_options
 @_guarded
 def check(
@@ -142,30 +177,70 @@ def check(
       sqlprobe check --json | jq '.databases[0].wal'   # checkpoint lag
       sqlprobe check -q --timeout 1 app.db || echo "not clear: exit $?"
     """
-    from .snapshot import check as take_snapshot
-    from .verdict import State, judge
+    from .verdict import State
 
     if as_json and quiet:
         raise click.UsageError("--json and --quiet cannot be used together")
-    snapshot = take_snapshot(
-        path, window=window, timeout=timeout, busy_timeout=busy_timeout, use_probe=not no_probe
-    )
-    verdict = judge(snapshot)
-    click.get_current_context().meta["exit_code"] = int(verdict.exit_code)
+    snapshot, verdict = _take(path, window, timeout, busy_timeout, no_probe)
     if quiet:
         sys.exit(int(verdict.exit_code))
-    from .render import human, to_json  # only needed when there is something to print
+    from .render import to_json  # only needed when there is something to print
 
     if as_json:
         click.echo(json.dumps(to_json(snapshot, verdict), indent=2))
     elif verdict.state is State.ERROR and len(snapshot.databases) <= 1:
         click.echo(f"sqlprobe: error: {verdict.reason}", err=True)
     else:
-        from .targets import opencode_data_dir
-
-        color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-        report = human(snapshot, verdict, _styler(color), opencode_data_dir(os.environ))
+        report, color = _report(snapshot, verdict)
         click.echo(report, color=color)
+    sys.exit(int(verdict.exit_code))
+
+
+@cli.command()
+@snapshot_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@_guarded
+def diagnose(
+    path: str | None,
+    window: float,
+    timeout: float,
+    busy_timeout: float,
+    no_probe: bool,
+    as_json: bool,
+) -> None:
+    """Everything check knows, plus what you would otherwise gather by hand per holder.
+
+    For each process that holds the database: every open file, the kernel stack (where
+    readable), its cwd and parent chain, the environment variables that decide where opencode
+    keeps its data, and for opencode the log file it has open under <data dir>/log/ with its
+    last lines and how long ago it was written. Also the filesystem of the data dir, with a
+    warning where POSIX locks are unreliable (NFS, SMB, 9p, FUSE, WSL1). Exits with check's code.
+
+    \b
+    Example:
+      sqlprobe diagnose                    # opencode's default data dir
+      sqlprobe diagnose ~/.local/share/opencode --json > diagnosis.json
+    """
+    import time
+
+    from .deadline import run_until
+    from .diagnose import diagnose as gather
+    from .render import to_json
+    from .render_diagnose import diagnosis_json, diagnosis_text
+
+    started = time.monotonic()
+    snapshot, verdict = _take(path, window, timeout, busy_timeout, no_probe)
+    job = run_until(lambda: gather(snapshot), timeout - (time.monotonic() - started))
+    diagnosis = job.get() if job.done.is_set() else None
+    missing = f"no diagnosis: the {timeout:g} s timeout came first"
+    if as_json:
+        doc = to_json(snapshot, verdict)
+        doc["diagnosis"] = diagnosis_json(diagnosis) if diagnosis else {"error": missing}
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        report, color = _report(snapshot, verdict)
+        extra = diagnosis_text(diagnosis, _styler(color)) if diagnosis else f"warning: {missing}"
+        click.echo(f"{report}\n\n{extra}", color=color)
     sys.exit(int(verdict.exit_code))
 
 

@@ -8,6 +8,7 @@ skip or to count. The parsers (`parse_locks`, `parse_stat`) are pure and tested 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -78,6 +79,40 @@ def parse_stat(data: bytes) -> StatFields:
 def parse_cmdline(data: bytes) -> str:
     """The command line with its NUL separators as spaces; bytes that are not UTF-8 escaped."""
     return data.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "backslashreplace")
+
+
+class Mount(NamedTuple):
+    mount_point: str
+    fstype: str
+    source: str
+
+
+def _unescape_mount(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal `\\040` etc."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """Mount points, filesystem types and sources from /proc/PID/mountinfo (proc(5))."""
+    mounts = []
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, rest = left.split(), right.split()
+        if not sep or len(fields) < 5 or len(rest) < 2:
+            continue
+        mounts.append(Mount(_unescape_mount(fields[4]), rest[0], _unescape_mount(rest[1])))
+    return mounts
+
+
+def parse_environ(data: bytes) -> dict[str, str]:
+    """/proc/PID/environ: NUL-separated NAME=value; bytes that are not UTF-8 escaped."""
+    env = {}
+    for item in data.split(b"\0"):
+        name, sep, value = item.partition(b"=")
+        if sep and name:
+            key = name.decode("utf-8", "backslashreplace")
+            env[key] = value.decode("utf-8", "backslashreplace")
+    return env
 
 
 class ProcFS:
@@ -204,6 +239,48 @@ class ProcFS:
             except NoSuchProcess:
                 continue  # the thread exited between the listing and the read
             yield ThreadSample(int(tid), st.state, ns, "" if wchan == "0" else wchan, scheduled)
+
+    # -- for `diagnose`: everything about one process -----------------------------------------
+
+    def fds(self, pid: int) -> list[tuple[int, str]]:
+        """Every (fd, link text) of `pid`, in fd order."""
+        with self._reading(pid, "fd"):
+            dir_fd = os.open(f"{self.root}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        found = []
+        try:
+            for fd in os.listdir(dir_fd):
+                try:
+                    found.append((int(fd), os.readlink(fd, dir_fd=dir_fd)))
+                except OSError:
+                    continue  # closed since the listing
+        finally:
+            os.close(dir_fd)
+        return sorted(found)
+
+    def fd_stat(self, pid: int, fd: int) -> os.stat_result:
+        """stat() of the file behind one descriptor (follows the magic link)."""
+        with self._reading(pid, f"fd/{fd}"):
+            return os.stat(f"{self.root}/{pid}/fd/{fd}")
+
+    def stack(self, pid: int) -> str:
+        """/proc/PID/stack: the kernel stack of the main thread (root only)."""
+        return self._read(pid, "stack").decode("ascii", "replace")
+
+    def cwd(self, pid: int) -> str:
+        with self._reading(pid, "cwd"):
+            return os.readlink(f"{self.root}/{pid}/cwd")
+
+    def environ(self, pid: int) -> dict[str, str]:
+        """The environment the process started with (same user, or root)."""
+        return parse_environ(self._read(pid, "environ"))
+
+    def mounts(self) -> list[Mount]:
+        with open(f"{self.root}/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            return parse_mountinfo(f.read())
+
+    def kernel_version(self) -> str:
+        with open(f"{self.root}/version", encoding="ascii", errors="replace") as f:
+            return f.read()
 
     def cmdline(self, pid: int) -> str:
         command = parse_cmdline(self._read(pid, "cmdline"))

@@ -368,7 +368,7 @@ def _holder_table(db: DatabaseSnapshot, dv: DatabaseVerdict, windowed: bool) -> 
                 h.pid,
                 h.user or "?",
                 sample.state if sample else "?",
-                _duration(h.age_s),
+                duration(h.age_s),
                 f"{sample.cpu_s:.2f}s" if sample else "?",
                 ",".join(k.value for k in h.files) if h.fds_readable else "?",
                 " ".join(_lock_cell(lk, dv, windowed) for lk in locks) or "-",
@@ -450,7 +450,7 @@ def _advice(snapshot: Snapshot, verdict: Verdict, data_dir: str) -> list[str]:
     return lines
 
 
-def _duration(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     s = int(seconds)

@@ -81,9 +81,17 @@ def holder() -> Iterator[Callable[..., Holder]]:
     """Start holder processes: `holder(db, "wal-write", "--spin")`; all killed at teardown."""
     started: list[Holder] = []
 
-    def start(db: Path | str, state: str, *args: str, wrapper: list[str] | None = None) -> Holder:
+    def start(
+        db: Path | str,
+        state: str,
+        *args: str,
+        wrapper: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Holder:
         cmd = [*(wrapper or []), sys.executable, str(HOLDER), str(db), state, *args]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
         h = Holder(proc)
         started.append(h)
         ready, _, _ = select.select([proc.stdout], [], [], READY_TIMEOUT)

@@ -5,7 +5,8 @@
 Prints `ready <pid>` once the state is held, then holds it until stdin closes (so it never
 outlives the test that started it). With --spin the main thread burns CPU while holding, like a
 working writer; without it the process sleeps, like a stuck one; with --futex its main thread
-blocks on a lock that is never released (parked on a futex, as in the opencode hang).
+blocks on a lock that is never released (parked on a futex, as in the opencode hang). With
+--log FILE it also keeps FILE open after writing a few opencode-like log lines to it.
 
 States: wal-idle, wal-read, wal-write, wal-exclusive, rollback-read, rollback-reserved,
 rollback-exclusive, wal-commit-loop (short write transactions, back to back), wal-lagging (a
@@ -54,7 +55,12 @@ def hold(db: str, state: str) -> sqlite3.Connection:
     return conn
 
 
-KEEP: list[sqlite3.Connection] = []
+KEEP: list[object] = []
+LOG_LINES = [
+    "INFO  2026-11-25T10:00:00 +0ms service=default version=1.15.10 args=run opencode",
+    "INFO  2026-11-25T10:00:00 +2ms service=db path=opencode.db opening database",
+    "INFO  2026-11-25T10:00:01 +480ms service=plugin name=auth loading internal plugin",
+]
 CHECKPOINT: list[int] = []
 
 
@@ -78,6 +84,12 @@ def main() -> None:
     db, state = sys.argv[1], sys.argv[2]
     spin = "--spin" in sys.argv[3:]
     conn = hold(db, state)
+    if "--log" in sys.argv:
+        log = open(sys.argv[sys.argv.index("--log") + 1], "a")  # noqa: SIM115 (kept open)
+        for line in LOG_LINES:
+            log.write(line + "\n")
+        log.flush()
+        KEEP.append(log)
     # Exit as soon as the test closes our stdin (or dies).
     threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
     print("ready", os.getpid(), *CHECKPOINT, flush=True)

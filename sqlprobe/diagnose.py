@@ -1,0 +1,231 @@
+"""`sqlprobe diagnose`: what a person would otherwise gather by hand about each holder.
+
+Given a snapshot, collects per holder: every open descriptor, the kernel stack where readable,
+the cwd, the parent chain, the environment variables that decide where opencode keeps its data,
+and for an opencode holder the log file it has open under `<data dir>/log/` with its last lines.
+Also the filesystem the database lives on, with a warning where POSIX locks are unreliable.
+Reads only /proc (procfs.py) and, read-only, the holders' log files.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from .errors import AccessDenied, CannotInspect, NoSuchProcess
+from .files import describe, open_regular, pread_at_most
+from .model import Snapshot
+from .procfs import DELETED_SUFFIX, Mount, ProcFS
+
+T = TypeVar("T")
+
+ENV_PREFIXES = ("OPENCODE_",)
+ENV_NAMES = ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "HOME")
+LOG_LINES = 5
+LOG_TAIL_BYTES = 16384
+PARENT_DEPTH = 8
+
+# Filesystems on which POSIX advisory locks do not protect SQLite (sqlite.org/faq.html#q5,
+# "How To Corrupt An SQLite Database File" §2.1): network and FUSE filesystems.
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre"}
+
+
+@dataclass(frozen=True, slots=True)
+class OpenFile:
+    fd: int
+    kind: str  # file, deleted, socket, pipe, anon_inode, device, other
+    target: str  # the link text
+
+
+@dataclass(frozen=True, slots=True)
+class LogFile:
+    path: str
+    size: int
+    age_s: float  # since its last write (mtime)
+    last_lines: tuple[str, ...]
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HolderDetails:
+    pid: int
+    fds: tuple[OpenFile, ...] | None  # None: not readable (`problems` says why)
+    stack: str | None
+    cwd: str | None
+    parents: tuple[tuple[int, str], ...]  # (pid, command), nearest first
+    environment: dict[str, str] | None
+    logs: tuple[LogFile, ...]
+    problems: tuple[str, ...]  # what could not be read, one line each
+
+
+@dataclass(frozen=True, slots=True)
+class Filesystem:
+    path: str  # the directory whose mount was looked up
+    mount_point: str
+    fstype: str
+    source: str
+    warning: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    holders: tuple[HolderDetails, ...]
+    filesystems: tuple[Filesystem, ...]
+
+
+def diagnose(snapshot: Snapshot, procfs: ProcFS | None = None) -> Diagnosis:
+    proc = procfs or ProcFS()
+    dirs = list(dict.fromkeys(os.path.dirname(db.path) for db in snapshot.databases))
+    try:
+        mounts = proc.mounts()
+        wsl1 = is_wsl1(proc.kernel_version())
+    except OSError:
+        mounts, wsl1 = [], False
+    filesystems = tuple(_filesystem(d, mounts, wsl1) for d in dirs)
+    pids = sorted({h.pid for db in snapshot.databases for h in db.holders})
+    return Diagnosis(tuple(_holder(proc, pid, dirs) for pid in pids), filesystems)
+
+
+def _holder(proc: ProcFS, pid: int, data_dirs: list[str]) -> HolderDetails:
+    problems: list[str] = []
+
+    def attempt(what: str, read: Callable[[], T]) -> T | None:
+        try:
+            return read()
+        except (AccessDenied, NoSuchProcess, OSError) as err:
+            problems.append(f"{what}: {_why(err)}")
+            return None
+
+    links = attempt("open files", lambda: proc.fds(pid))
+    fds = tuple(OpenFile(fd, fd_kind(link), link) for fd, link in links) if links else None
+    env = attempt("environment", lambda: proc.environ(pid))
+    logs = tuple(
+        _log(proc, pid, f.fd, f.target)
+        for f in fds or ()
+        if f.kind == "file" and any(is_log_of(f.target, d) for d in data_dirs)
+    )
+    return HolderDetails(
+        pid=pid,
+        fds=fds,
+        stack=attempt("kernel stack", lambda: proc.stack(pid)),
+        cwd=attempt("cwd", lambda: proc.cwd(pid)),
+        parents=tuple(_parents(proc, pid)),
+        environment=opencode_environment(env) if env is not None else None,
+        logs=logs,
+        problems=tuple(problems),
+    )
+
+
+def _why(err: Exception) -> str:
+    if isinstance(err, AccessDenied):
+        return "permission denied"
+    if isinstance(err, NoSuchProcess):
+        return "the process is gone"
+    return describe(err) if isinstance(err, OSError) else str(err)
+
+
+def fd_kind(link: str) -> str:
+    """What a descriptor's link text says it is."""
+    if link.endswith(DELETED_SUFFIX):
+        return "deleted"
+    if link.startswith("/dev/"):
+        return "device"
+    if link.startswith("/"):
+        return "file"
+    for prefix in ("socket", "pipe", "anon_inode"):
+        if link.startswith(prefix + ":"):
+            return prefix
+    return "other"
+
+
+def is_log_of(path: str, data_dir: str) -> bool:
+    """opencode writes its logs to `<data dir>/log/*.log`."""
+    return os.path.dirname(path) == os.path.join(data_dir, "log") and path.endswith(".log")
+
+
+def opencode_environment(env: dict[str, str]) -> dict[str, str]:
+    """The variables that decide where opencode keeps its data."""
+    return {k: v for k, v in sorted(env.items()) if k in ENV_NAMES or k.startswith(ENV_PREFIXES)}
+
+
+def _log(proc: ProcFS, pid: int, fd: int, path: str) -> LogFile:
+    try:
+        st = proc.fd_stat(pid, fd)
+        age = max(0.0, round(time.time() - st.st_mtime, 1))
+    except (AccessDenied, NoSuchProcess):
+        return LogFile(path, 0, 0.0, (), "not readable")
+    try:
+        handle, st = open_regular(path)
+    except CannotInspect as err:
+        return LogFile(path, st.st_size, age, (), err.problem)
+    try:
+        size = st.st_size
+        start = max(0, size - LOG_TAIL_BYTES)
+        tail = pread_at_most(handle, size - start, start)
+    except OSError as err:
+        return LogFile(path, st.st_size, age, (), describe(err))
+    finally:
+        os.close(handle)
+    lines = tail.decode("utf-8", "backslashreplace").splitlines()
+    if start:
+        lines = lines[1:]  # the first one is cut
+    return LogFile(path, size, age, tuple(lines[-LOG_LINES:]))
+
+
+def _parents(proc: ProcFS, pid: int) -> list[tuple[int, str]]:
+    chain = []
+    current = pid
+    for _ in range(PARENT_DEPTH):
+        try:
+            parent = proc.sample(current).ppid
+            if not parent:
+                break
+            chain.append((parent, proc.cmdline(parent)))
+        except (AccessDenied, NoSuchProcess):
+            break
+        current = parent
+    return chain
+
+
+def mount_of(path: str, mounts: list[Mount]) -> Mount | None:
+    """The mount that `path` is on: the longest mount point that contains it (the last wins)."""
+    best = None
+    for mount in mounts:
+        mp = mount.mount_point.rstrip("/") or "/"
+        inside = path == mp or path.startswith(mp + "/") or mp == "/"
+        if inside and (best is None or len(mp) >= len(best.mount_point.rstrip("/") or "/")):
+            best = mount
+    return best
+
+
+def fs_warning(fstype: str, wsl1: bool) -> str | None:
+    """Why SQLite's locking may not hold on this filesystem, or None."""
+    if wsl1:
+        return "WSL1: its POSIX locks are emulated and do not protect SQLite reliably"
+    base = fstype.split(".", 1)[0]
+    if base in NETWORK_FS:
+        return (
+            f"{fstype} is a network filesystem: POSIX locks may not reach other machines or may"
+            " be lost, and SQLite's WAL needs shared memory on one host"
+        )
+    if base in ("fuse", "fuseblk"):
+        return f"{fstype} is a FUSE filesystem: whether it honours POSIX locks is up to its daemon"
+    return None
+
+
+def is_wsl1(version: str) -> bool:
+    """WSL1's kernel version says `Microsoft`; WSL2's says `microsoft-standard`."""
+    return "Microsoft" in version and "microsoft-standard" not in version.lower()
+
+
+def _filesystem(directory: str, mounts: list[Mount], wsl1: bool) -> Filesystem:
+    # `directory` is already resolved (targets.py): no realpath here, which could hang.
+    mount = mount_of(directory, mounts)
+    if mount is None:
+        return Filesystem(directory, "?", "?", "?", "its mount could not be found")
+    return Filesystem(
+        directory, mount.mount_point, mount.fstype, mount.source, fs_warning(mount.fstype, wsl1)
+    )

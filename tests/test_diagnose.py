@@ -1,0 +1,109 @@
+"""`sqlprobe diagnose`: one command for what the original hang report gathered by hand."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from conftest import make_db
+
+from sqlprobe.diagnose import fd_kind, fs_warning, is_log_of, is_wsl1, mount_of
+from sqlprobe.procfs import Mount, parse_mountinfo
+
+LAST_LOG_LINE = "INFO  2026-11-25T10:00:01 +480ms service=plugin name=auth loading internal plugin"
+
+
+@pytest.fixture
+def opencode_like(tmp_path, holder):
+    """A data dir whose opencode-like holder (a stuck writer) has a log open under log/."""
+    data = tmp_path / "share" / "opencode"
+    (data / "log").mkdir(parents=True)
+    db = make_db(data / "opencode.db")
+    log = data / "log" / "2026-11-25T100000.log"
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "share"), "OPENCODE_CONFIG": "/x.json"}
+    h = holder(db, "wal-write", "--futex", "--log", str(log), env=env)
+    return data, db, log, h
+
+
+def test_diagnose_shows_the_holders_log_environment_and_files(opencode_like, run):
+    data, db, log, h = opencode_like
+    result = run("diagnose", data, "--json")
+    assert result.exit_code == 5  # check's verdict: the writer is parked on a futex
+    doc = json.loads(result.stdout)
+    assert doc["verdict"] == "stuck" and "futex" in json.dumps(doc["databases"][0]["holders"])
+    (details,) = doc["diagnosis"]["holders"]
+    assert details["pid"] == h.pid
+    (logged,) = details["logs"]
+    assert logged["path"] == str(log) and logged["last_lines"][-1] == LAST_LOG_LINE
+    assert 0 <= logged["age_s"] < 60
+    assert details["environment"]["XDG_DATA_HOME"] == str(data.parent)
+    assert details["environment"]["OPENCODE_CONFIG"] == "/x.json"
+    assert any(f["target"] == str(db) and f["kind"] == "file" for f in details["fds"])
+    assert details["parents"][0]["pid"] == os.getpid()  # started by this test
+    assert details["cwd"] == os.getcwd()
+    (fs,) = doc["diagnosis"]["filesystems"]
+    assert fs["path"] == str(data) and str(data).startswith(fs["mount_point"])
+
+
+def test_diagnose_human_report_has_the_last_log_line(opencode_like, run):
+    data, _db, log, h = opencode_like
+    out = run("diagnose", data).stdout
+    assert f"\npid {h.pid}\n" in out
+    assert f"  log: {log} (" in out and f"    {LAST_LOG_LINE}\n" in out
+    assert "filesystem of " in out and "open files (" in out
+
+
+def test_diagnose_of_a_clear_database_has_no_holders(wal_db, run):
+    result = run("diagnose", wal_db, "--json")
+    doc = json.loads(result.stdout)
+    assert result.exit_code == 0 and doc["diagnosis"]["holders"] == []
+
+
+@pytest.mark.parametrize(
+    ("fstype", "warned"),
+    [
+        ("ext4", False),
+        ("tmpfs", False),
+        ("overlay", False),
+        ("nfs4", True),
+        ("cifs", True),
+        ("smb3", True),
+        ("9p", True),
+        ("fuse.sshfs", True),
+        ("fuseblk", True),
+    ],
+)
+def test_filesystems_where_posix_locks_are_unreliable_are_warned(fstype, warned):
+    assert (fs_warning(fstype, wsl1=False) is not None) == warned
+
+
+def test_wsl1_is_warned_and_wsl2_is_not():
+    assert is_wsl1("Linux version 4.4.0-19041-Microsoft (Microsoft@Microsoft.com)")
+    assert not is_wsl1("Linux version 5.15.90.1-microsoft-standard-WSL2")
+    assert fs_warning("ext4", wsl1=True)
+
+
+def test_mount_of_picks_the_longest_mount_point_and_unescapes():
+    text = (
+        "22 1 254:0 / / rw - ext4 /dev/vda rw\n"
+        "30 22 0:40 / /home/me/my\\040data rw - nfs4 srv:/data rw\n"
+        "31 22 0:41 / /home rw - tmpfs tmpfs rw\n"
+    )
+    mounts = parse_mountinfo(text)
+    assert mounts[1] == Mount("/home/me/my data", "nfs4", "srv:/data")
+    assert mount_of("/home/me/my data/opencode", mounts).fstype == "nfs4"
+    assert mount_of("/home/me/my database", mounts).fstype == "tmpfs"
+    assert mount_of("/var/lib", mounts).fstype == "ext4"
+
+
+def test_fd_kinds_and_log_paths():
+    assert [fd_kind(x) for x in ("/a/b", "/a/b (deleted)", "socket:[1]", "pipe:[2]")] == [
+        "file",
+        "deleted",
+        "socket",
+        "pipe",
+    ]
+    assert fd_kind("anon_inode:[eventpoll]") == "anon_inode" and fd_kind("/dev/null") == "device"
+    assert is_log_of("/d/opencode/log/2026.log", "/d/opencode")
+    assert not is_log_of("/d/opencode/log/sub/2026.log", "/d/opencode")
