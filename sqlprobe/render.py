@@ -441,8 +441,8 @@ def _advice(snapshot: Snapshot, verdict: Verdict, data_dir: str) -> list[str]:
     if pids:
         pid_args = ",".join(map(str, pids))
         lines.append(
-            f"look at the holder: ps -o pid,stat,etime,time,args -p {pid_args}; cat /proc/"
-            f"{pids[0]}/wchan"
+            f"look at the holder: sqlprobe diagnose {target} (its open files, stack, log tail),"
+            f" or ps -o pid,stat,etime,time,args -p {pid_args}"
         )
     else:
         lines.append("the holder runs outside this pid namespace: run sqlprobe on the host")
