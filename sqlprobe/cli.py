@@ -253,3 +253,7 @@ def _styler(color: bool) -> Callable[..., str]:
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="sqlprobe")
+
+
+# The pre-run commands live in their own module; importing it registers them on `cli`.
+from . import cli_workflows  # noqa: E402, F401

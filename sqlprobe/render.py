@@ -417,14 +417,15 @@ def _advice(snapshot: Snapshot, verdict: Verdict, data_dir: str) -> list[str]:
     blockers = [b for dv in verdict.databases for b in dv.blockers]
     target = shlex.quote(snapshot.target)
     isolate = (
-        "isolate the run: OPENCODE_DB=$(mktemp -d)/opencode.db opencode run ... gives it its own"
-        " database while credentials stay shared (its session is not in the shared history);"
-        f" a per-run XDG_DATA_HOME also works but needs {safe(data_dir)}/auth.json copied in"
+        "isolate the run: sqlprobe run --isolate -- opencode run ... gives it its own database"
+        " while credentials stay shared (its session is not in the shared history); a per-run"
+        f" XDG_DATA_HOME also works but needs {safe(data_dir)}/auth.json copied in"
     )
     if state is State.SHARED:
         return [
-            "nothing blocks a new instance now; a holder that starts writing could still make a "
-            f"later run wait: re-check right before it (sqlprobe check {target}), or {isolate}"
+            "nothing blocks a new instance now; a holder that starts writing could still make a"
+            f" later run wait: start it with sqlprobe run --wait 60 --allow shared {target} --"
+            " opencode run ..., queue runs with sqlprobe run --serialize, or " + isolate
         ]
     lines = []
     stuck = [b for b in blockers if b.stuck]
@@ -435,8 +436,9 @@ def _advice(snapshot: Snapshot, verdict: Verdict, data_dir: str) -> list[str]:
             lines.append(f"resume a stopped holder with kill -CONT {' '.join(map(str, pids))}")
     else:
         lines.append(
-            f"wait: a working holder releases its lock when its transaction ends; check again with"
-            f" sqlprobe check {target}"
+            "wait: a working holder releases its lock when its transaction ends:"
+            f" sqlprobe wait {target} && opencode run ..., or sqlprobe run --wait 60 {target} --"
+            " opencode run ..."
         )
     if pids:
         pid_args = ",".join(map(str, pids))
