@@ -244,3 +244,29 @@ def test_bash_hook_wraps_run_and_passes_other_commands_through(tmp_path, holder)
     busy = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env)
     assert busy.stdout == "rc=4\nopencode got: auth list\n"
     assert busy.stderr.startswith("sqlprobe: not running opencode: pid ")
+
+
+def test_wait_shows_one_live_status_line_only_on_a_terminal(wal_db, holder):
+    import pty
+
+    h = holder(wal_db, "wal-write", "--spin")
+    main, sub = pty.openpty()
+    cmd = [*SQLPROBE, "wait", str(wal_db), "--timeout", "1"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=sub, stderr=sub)
+    os.close(sub)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert proc.wait(timeout=30) == 4
+    os.close(main)
+    shown = b"".join(chunks).decode()
+    assert "\r\x1b[Ksqlprobe: waiting " in shown and f"on pid {h.pid} (the WAL write lock" in shown
+    # Not a terminal: no status line, only the final one-line answer.
+    piped = sqlprobe("wait", str(wal_db), "--timeout", "1")
+    assert "\r" not in piped.stderr and piped.stderr.count("\n") == 1
