@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import functools
-import json
+import importlib
 import os
 import sys
-import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import click
 
@@ -43,6 +42,8 @@ def _guarded(func: F) -> F:
             sys.exit(click.get_current_context().meta.get("exit_code", 0))
         except Exception as err:
             if os.environ.get("SQLPROBE_DEBUG"):
+                import traceback
+
                 traceback.print_exc()
             else:
                 click.echo(
@@ -66,11 +67,46 @@ def output_options(func: F) -> F:
     return func
 
 
+class LazyGroup(click.Group):
+    """A group whose less common commands are imported only when used (or listed by --help):
+    `sqlprobe check --quiet` runs before every opencode run, and every import is paid there."""
+
+    lazy: ClassVar[dict[str, str]] = {
+        "wait": "cli_workflows",
+        "run": "cli_workflows",
+        "hook": "cli_workflows",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            module = importlib.import_module(f"{__package__}.{self.lazy[cmd_name]}")
+            return getattr(module, cmd_name)  # type: ignore[no-any-return]
+        return super().get_command(ctx, cmd_name)
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    # Not click.version_option: its translated help text imports gettext and locale at start-up.
+    if value and not ctx.resilient_parsing:
+        click.echo(f"sqlprobe, version {__version__}")
+        ctx.exit()
+
+
 @click.group(
+    cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=EXIT_CODES_HELP,
 )
-@click.version_option(__version__, prog_name="sqlprobe")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and exit.",
+)
 def cli() -> None:
     """Would a new opencode instance block on its SQLite database, and on whom?
 
@@ -187,6 +223,8 @@ def check(
     from .render import to_json  # only needed when there is something to print
 
     if as_json:
+        import json
+
         click.echo(json.dumps(to_json(snapshot, verdict), indent=2))
     elif verdict.state is State.ERROR and len(snapshot.databases) <= 1:
         click.echo(f"sqlprobe: error: {verdict.reason}", err=True)
@@ -221,6 +259,7 @@ def diagnose(
       sqlprobe diagnose                    # opencode's default data dir
       sqlprobe diagnose ~/.local/share/opencode --json > diagnosis.json
     """
+    import json
     import time
 
     from .deadline import run_until
@@ -253,7 +292,3 @@ def _styler(color: bool) -> Callable[..., str]:
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="sqlprobe")
-
-
-# The pre-run commands live in their own module; importing it registers them on `cli`.
-from . import cli_workflows  # noqa: E402, F401

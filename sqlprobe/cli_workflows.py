@@ -1,4 +1,4 @@
-"""The pre-run commands: `wait`, `run` and `hook` (registered on the `sqlprobe` group)."""
+"""The pre-run commands `wait`, `run` and `hook` (loaded by cli.LazyGroup when used)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .cli import _guarded, cli
+from .cli import _guarded
 
 EXIT_REFUSED_HELP = """\b
 Exit codes: the command's own once it runs; when sqlprobe refuses to run it, the
@@ -73,7 +73,7 @@ _until = click.option(
 )
 
 
-@cli.command()
+@click.command()
 @click.argument("path", required=False, metavar="[PATH]")
 @click.option(
     "--timeout",
@@ -120,7 +120,7 @@ def wait(path: str | None, timeout: float, until: str, quiet: bool) -> None:
     sys.exit(code)
 
 
-@cli.command(cls=_CommandAfterDashes, epilog=EXIT_REFUSED_HELP)
+@click.command(cls=_CommandAfterDashes, epilog=EXIT_REFUSED_HELP)
 @click.argument("path", required=False, metavar="[PATH]")
 @click.option(
     "--wait",
@@ -273,7 +273,7 @@ end
 }
 
 
-@cli.command()
+@click.command()
 @click.argument("shell", type=click.Choice(sorted(HOOKS)))
 @click.option(
     "--wait",

@@ -12,8 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from .errors import AccessDenied, CannotInspect, NoSuchProcess
 from .files import describe, open_regular, pread_at_most
@@ -33,15 +32,13 @@ PARENT_DEPTH = 8
 NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre"}
 
 
-@dataclass(frozen=True, slots=True)
-class OpenFile:
+class OpenFile(NamedTuple):
     fd: int
     kind: str  # file, deleted, socket, pipe, anon_inode, device, other
     target: str  # the link text
 
 
-@dataclass(frozen=True, slots=True)
-class LogFile:
+class LogFile(NamedTuple):
     path: str
     size: int
     age_s: float  # since its last write (mtime)
@@ -49,8 +46,7 @@ class LogFile:
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class HolderDetails:
+class HolderDetails(NamedTuple):
     pid: int
     fds: tuple[OpenFile, ...] | None  # None: not readable (`problems` says why)
     stack: str | None
@@ -61,8 +57,7 @@ class HolderDetails:
     problems: tuple[str, ...]  # what could not be read, one line each
 
 
-@dataclass(frozen=True, slots=True)
-class Filesystem:
+class Filesystem(NamedTuple):
     path: str  # the directory whose mount was looked up
     mount_point: str
     fstype: str
@@ -70,8 +65,7 @@ class Filesystem:
     warning: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Diagnosis:
+class Diagnosis(NamedTuple):
     holders: tuple[HolderDetails, ...]
     filesystems: tuple[Filesystem, ...]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .model import LockLine, Observation, ProcSample, ThreadSample
 
@@ -23,8 +23,7 @@ LOCK_WAIT = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Health:
+class Health(NamedTuple):
     """What one process did across the window."""
 
     pid: int

@@ -6,7 +6,6 @@ Raw facts only. Derived views (what blocks, the verdict, table cells) are comput
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
 
@@ -39,16 +38,14 @@ class JournalMode(str, Enum):
     UNKNOWN = "unknown"  # empty file, or header not readable
 
 
-@dataclass(frozen=True, slots=True)
-class FileKey:
+class FileKey(NamedTuple):
     """A file's identity: (device, inode), as the kernel prints it in /proc/locks."""
 
     dev: int
     ino: int
 
 
-@dataclass(frozen=True, slots=True)
-class ByteRange:
+class ByteRange(NamedTuple):
     """An inclusive byte range; `end` None means to end of file (the kernel's `EOF`)."""
 
     start: int
@@ -63,8 +60,7 @@ class ByteRange:
         return ByteRange(start, end)
 
 
-@dataclass(frozen=True, slots=True)
-class LockLine:
+class LockLine(NamedTuple):
     """One line of /proc/locks (or a `lock:` line of /proc/PID/fdinfo), undecoded."""
 
     lock_id: int
@@ -76,8 +72,7 @@ class LockLine:
     range: ByteRange
 
 
-@dataclass(frozen=True, slots=True)
-class Lock:
+class Lock(NamedTuple):
     """A lock decoded into SQLite's terms (sqlite-locking.md §1-2)."""
 
     file: FileKind
@@ -106,8 +101,7 @@ class ThreadSample(NamedTuple):
     scheduled: int = 0  # times it was put on a CPU (schedstat's third field): its switches in
 
 
-@dataclass(frozen=True, slots=True)
-class ProcSample:
+class ProcSample(NamedTuple):
     """One look at a process: /proc/PID/stat, plus its threads when they were sampled."""
 
     pid: int
@@ -118,8 +112,7 @@ class ProcSample:
     ppid: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Observation:
+class Observation(NamedTuple):
     """The locks on one database's files and its holders' process state, at one moment."""
 
     t: float  # monotonic seconds
@@ -132,8 +125,7 @@ class Observation:
         return next((p for p in self.procs if p.pid == pid), None)
 
 
-@dataclass(frozen=True, slots=True)
-class Holder:
+class Holder(NamedTuple):
     """A process that has one of the database's files open, or holds a lock on one."""
 
     pid: int
@@ -145,8 +137,7 @@ class Holder:
     fds_readable: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class SideFile:
+class SideFile(NamedTuple):
     """One of the database's files: its resolved path and identity; key None when absent."""
 
     kind: FileKind
@@ -154,8 +145,7 @@ class SideFile:
     key: FileKey | None
 
 
-@dataclass(frozen=True, slots=True)
-class DbHeader:
+class DbHeader(NamedTuple):
     """The fields of the 100-byte database header that sqlprobe reports."""
 
     page_size: int
@@ -175,8 +165,7 @@ class DbHeader:
         return JournalMode.UNKNOWN
 
 
-@dataclass(frozen=True, slots=True)
-class WalHeader:
+class WalHeader(NamedTuple):
     """The 32-byte header of a -wal file."""
 
     big_endian: bool  # which magic: the byte order of the frame checksums
@@ -188,8 +177,7 @@ class WalHeader:
     checksum: tuple[int, int]
 
 
-@dataclass(frozen=True, slots=True)
-class WalScan:
+class WalScan(NamedTuple):
     """The result of walking a WAL's frames, as SQLite's recovery would."""
 
     frames: int  # valid frames up to and including the last commit frame
@@ -198,8 +186,7 @@ class WalScan:
     db_pages: int | None  # the database size in pages that the last commit frame records
 
 
-@dataclass(frozen=True, slots=True)
-class ShmHeader:
+class ShmHeader(NamedTuple):
     """The validated header of a -shm file (the WAL index)."""
 
     change: int
@@ -221,8 +208,7 @@ class IndexState(str, Enum):
     INVALID = "invalid"  # a live process holds DMS but the header does not validate
 
 
-@dataclass(frozen=True, slots=True)
-class WalState:
+class WalState(NamedTuple):
     """What the -wal and -shm files say: how much of the WAL is not yet in the database."""
 
     size: int  # bytes of the -wal file
@@ -273,8 +259,7 @@ class ProbeResult(str, Enum):
     TIMEOUT = "timeout"  # still inside SQLite when the deadline came
 
 
-@dataclass(frozen=True, slots=True)
-class Probe:
+class Probe(NamedTuple):
     """The guarded read-only open of a database with SQLite (sqlite-locking.md §4)."""
 
     result: str  # a ProbeResult value, or SQLite's code name: SQLITE_BUSY, SQLITE_NOTADB, ...
@@ -286,8 +271,7 @@ class Probe:
     user_version: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class DatabaseSnapshot:
+class DatabaseSnapshot(NamedTuple):
     """Everything observed about one database: its files, holders and the sampled locks."""
 
     path: str
@@ -325,8 +309,7 @@ class DatabaseSnapshot:
         return next((h for h in self.holders if h.pid == pid), None)
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     """One inspection of a target (a data dir or a database file)."""
 
     target: str

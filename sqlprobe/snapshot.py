@@ -10,12 +10,10 @@ and every descriptor is closed before returning.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pwd
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 
 from . import getlk, probe
 from .dbfile import parse_header
@@ -27,6 +25,7 @@ from .filestate import journal_header_set, read_wal_state
 from .health import wait_edges
 from .layout import DB_HEADER_SIZE, WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, decode, lock_bytes
 from .model import (
+    ByteRange,
     DatabaseSnapshot,
     DbHeader,
     FileKey,
@@ -49,29 +48,30 @@ from .targets import Target, default_target, resolve
 DEFAULT_WINDOW = 0.3
 DEFAULT_TIMEOUT = 3.0
 SAMPLE_INTERVAL = 0.05
+WHOLE_FILE = ByteRange(0, None)
 # Time kept back from the window for what follows it: holders, the probe, the output.
 AFTER_WINDOW_S = 0.15
 
 
-@dataclass
 class _Db:
     """Working state for one database while the snapshot is being taken."""
 
-    path: str
-    exists: bool = True
-    files: list[SideFile] = field(default_factory=list)
-    fds: dict[FileKind, int] = field(default_factory=dict)  # raw read-only descriptors
-    sizes: dict[FileKind, int] = field(default_factory=dict)
-    header: DbHeader | None = None
-    size: int | None = None
-    error: str | None = None
-    own: bool = False  # this very process has one of its files open
-    openers: dict[int, set[FileKind]] = field(default_factory=dict)  # pid -> files it has open
-    unreadable: set[int] = field(default_factory=set)  # pids whose descriptors could not be read
-    deleted: dict[tuple[int, int], FileKind] = field(default_factory=dict)  # (pid, fd) -> file
-    observations: list[Observation] = field(default_factory=list)
-    wal: WalState | None = None
-    journal_header_set: bool = False
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.exists = True
+        self.files: list[SideFile] = []
+        self.fds: dict[FileKind, int] = {}  # raw read-only descriptors
+        self.sizes: dict[FileKind, int] = {}
+        self.header: DbHeader | None = None
+        self.size: int | None = None
+        self.error: str | None = None
+        self.own = False  # this very process has one of its files open
+        self.openers: dict[int, set[FileKind]] = {}  # pid -> the files it has open
+        self.unreadable: set[int] = set()  # pids whose descriptors could not be read
+        self.deleted: dict[tuple[int, int], FileKind] = {}  # (pid, fd) -> file deleted
+        self.observations: list[Observation] = []
+        self.wal: WalState | None = None
+        self.journal_header_set = False
 
     def kind_of(self, key: FileKey) -> FileKind | None:
         return next((f.kind for f in self.files if f.key == key), None)
@@ -183,7 +183,7 @@ def take(
         warnings.extend(_state_warnings(snap))
         if use_probe and snap.exists and not snap.error:
             deadline.stage = f"probing {db.path} with SQLite"
-            snap = dataclasses.replace(snap, probe=_probe(snap, db.own, busy_timeout, deadline))
+            snap = snap._replace(probe=_probe(snap, db.own, busy_timeout, deadline))
             if snap.probe and snap.probe.result == "timeout":
                 cut.append("the SQLite probe")
         databases.append(snap)
@@ -456,7 +456,11 @@ def _observe(
 
     Threads are sampled for the pids in `threads_of` (None: every holder).
     """
-    lines, bad = proc.locks()
+    # F_GETLK over whole files first: when nobody holds any lock on a database or its -shm,
+    # /proc/locks has nothing to add about them, and its first read in a while costs the kernel
+    # an RCU grace period (~10 ms). flock locks, which never conflict with SQLite's, are then
+    # not listed.
+    lines, bad = proc.locks() if _any_lock(dbs) else ([], 0)
     now = time.monotonic()
     waits = wait_edges(lines)
     if bad:
@@ -474,6 +478,23 @@ def _observe(
             except (NoSuchProcess, AccessDenied):
                 continue
         db.observations.append(Observation(now, tuple(locks), tuple(procs), waits))
+
+
+def _any_lock(dbs: list[_Db]) -> bool:
+    """Whether another process may hold a lock on a database or its -shm (True when unsure)."""
+    for db in dbs:
+        for f in db.files:
+            if f.key is None or f.kind not in (FileKind.DB, FileKind.SHM):
+                continue
+            fd = db.fds.get(f.kind)
+            if fd is None:
+                return True  # not opened (this process's own file, or not regular): cannot ask
+            try:
+                if getlk.query(fd, WHOLE_FILE) is not None:
+                    return True
+            except OSError:
+                return True
+    return False
 
 
 def _locks_from_lines(db: _Db, lines: Iterable[LockLine], warnings: list[str]) -> list[Lock]:

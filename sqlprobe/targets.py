@@ -6,7 +6,7 @@ import fnmatch
 import os
 import stat
 from collections.abc import Container, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .dbfile import is_sqlite
 from .errors import CannotInspect
@@ -19,8 +19,7 @@ CHANNEL_DB_PATTERN = "opencode-*.db"  # opencode's per-channel databases
 MEMORY = ":memory:"
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(NamedTuple):
     """What to inspect: resolved database paths, or a note/error saying why there are none."""
 
     label: str  # the target as the user would recognise it

@@ -8,8 +8,8 @@ The worst database decides for the whole target.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum, IntEnum
+from typing import NamedTuple
 
 from .effects import Outcome, describe, effective_mode, outcome
 from .health import cycle_through, kernel_lock_wait, persistent_edges, waits_on
@@ -49,8 +49,7 @@ STOPPED = {"T": "is stopped (state T)", "t": "is stopped by a tracer (state t)"}
 COMMAND_WIDTH = 60
 
 
-@dataclass(frozen=True, slots=True)
-class Blocker:
+class Blocker(NamedTuple):
     """A lock that persisted across the window and that a new instance would run into."""
 
     lock: Lock
@@ -58,8 +57,7 @@ class Blocker:
     stuck: str | None  # the clause of the stuck rule that applied, or None: busy, not stuck
 
 
-@dataclass(frozen=True, slots=True)
-class DatabaseVerdict:
+class DatabaseVerdict(NamedTuple):
     path: str
     state: State
     reason: str
@@ -68,8 +66,7 @@ class DatabaseVerdict:
     persisted: frozenset[tuple] = frozenset()  # Lock.identity of the locks held all window
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     state: State
     reason: str
     databases: tuple[DatabaseVerdict, ...] = ()

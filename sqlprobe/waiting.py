@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .effects import effective_mode, outcome
 from .layout import decode
@@ -26,8 +26,7 @@ UNTIL = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class WaitResult:
+class WaitResult(NamedTuple):
     reached: bool
     snapshot: Snapshot
     verdict: Verdict

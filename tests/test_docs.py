@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
 from sqlprobe.cli import cli
@@ -30,7 +31,7 @@ def test_readme_exit_code_table_matches_the_enum():
 
 
 def test_every_command_has_a_readme_section():
-    for name in cli.commands:
+    for name in cli.list_commands(click.Context(cli)):
         assert f"## `sqlprobe {name}" in README, name
 
 
