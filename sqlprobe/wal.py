@@ -74,6 +74,10 @@ def frame_offset(header: WalHeader, index: int) -> int:
     return WAL_HEADER_SIZE + (index - 1) * (header.page_size + WAL_FRAME_HEADER_SIZE)
 
 
+# Past this many unverified frames still to read one by one, find the end by bisection instead.
+SEQUENTIAL_LIMIT = 1024
+
+
 def scan(
     header: WalHeader,
     size: int,
@@ -85,37 +89,75 @@ def scan(
 
     `read(offset, n)` returns up to n bytes at offset. Checksums need each frame's page as well
     as its header, so they are verified only while `clock()` is before `verify_until` (None:
-    always); past it the walk goes on reading frame headers only, matching salts and commit
-    markers, and the result says how many frames were verified.
+    always); past it frames are counted by their salts and commit markers alone, and the result
+    says how many were verified. When many frames remain unverified, the end of the frames
+    carrying the header's salts is found by bisection (a WAL restart rewrites from frame 1 with
+    new salts, so they form a prefix), then the last commit frame by reading back from there:
+    the cost no longer grows with the WAL.
     """
     frame_size = header.page_size + WAL_FRAME_HEADER_SIZE
+    last = max(0, (size - WAL_HEADER_SIZE) // frame_size)
     s1, s2 = header.checksum
-    verifying = True
-    seen = committed = verified = last_db_size = 0
-    while WAL_HEADER_SIZE + (seen + 1) * frame_size <= size:
-        offset = frame_offset(header, seen + 1)
-        if verifying and verify_until is not None and clock() >= verify_until:
-            verifying = False
-        frame = read(offset, frame_size if verifying else WAL_FRAME_HEADER_SIZE)
-        if len(frame) < WAL_FRAME_HEADER_SIZE:
-            break  # the file shrank under us
-        pgno, db_size, salt1, salt2, ck1, ck2 = _FRAME.unpack_from(frame)
-        if pgno == 0 or (salt1, salt2) != (header.salt1, header.salt2):
-            break  # a frame of an earlier generation of the WAL, or never written
-        if verifying:
-            if len(frame) < frame_size:
-                break
-            s1, s2 = checksum(frame[:8], s1, s2, header.big_endian)
-            s1, s2 = checksum(frame[WAL_FRAME_HEADER_SIZE:], s1, s2, header.big_endian)
-            if (s1, s2) != (ck1, ck2):
-                break  # torn or corrupt: SQLite's recovery stops here too
-            verified += 1
+    seen = committed = last_db_size = 0
+    out_of_time = False
+    while seen < last:
+        if verify_until is not None and clock() >= verify_until:
+            out_of_time = True
+            break
+        frame = read(frame_offset(header, seen + 1), frame_size)
+        fields = _frame(header, frame)
+        if fields is None or len(frame) < frame_size:
+            break
+        db_size, ck1, ck2 = fields
+        s1, s2 = checksum(frame[:8], s1, s2, header.big_endian)
+        s1, s2 = checksum(frame[WAL_FRAME_HEADER_SIZE:], s1, s2, header.big_endian)
+        if (s1, s2) != (ck1, ck2):
+            break  # torn or corrupt: SQLite's recovery stops here too
         seen += 1
         if db_size:
             committed, last_db_size = seen, db_size
-    return WalScan(
-        frames=committed,
-        uncommitted=seen - committed,
-        verified=min(verified, committed),
-        db_pages=last_db_size or None,
-    )
+    verified = committed
+    if out_of_time:
+        # The rest by salts and commit markers only, one by one or, when many, by bisection.
+        end = _salted_end(header, read, seen, last)
+        for i in range(end, seen, -1):
+            fields = _frame(header, read(frame_offset(header, i), WAL_FRAME_HEADER_SIZE))
+            if fields and fields[0]:
+                committed, last_db_size = i, fields[0]
+                break
+        seen = end
+    return WalScan(committed, seen - committed, verified, last_db_size or None)
+
+
+def _salted_end(header: WalHeader, read: Callable[[int, int], bytes], known: int, last: int) -> int:
+    """The last frame carrying the header's salts, knowing that frames 1..known do.
+
+    Those frames form a prefix (a WAL restart rewrites from frame 1 with new salts), so beyond
+    SEQUENTIAL_LIMIT frames the end is found by bisection in O(log n) reads.
+    """
+
+    def salted(i: int) -> bool:
+        return _frame(header, read(frame_offset(header, i), WAL_FRAME_HEADER_SIZE)) is not None
+
+    if last - known <= SEQUENTIAL_LIMIT:
+        while known < last and salted(known + 1):
+            known += 1
+        return known
+    lo, hi = known, last
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if salted(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _frame(header: WalHeader, frame: bytes) -> tuple[int, int, int] | None:
+    """(commit db size or 0, checksum-1, checksum-2) of a frame whose salts are the header's."""
+    if len(frame) < WAL_FRAME_HEADER_SIZE:
+        return None  # the file shrank under us
+    pgno, db_size, salt1, salt2, ck1, ck2 = _FRAME.unpack_from(frame)
+    if pgno == 0 or (salt1, salt2) != (header.salt1, header.salt2):
+        return None  # a frame of an earlier generation of the WAL, or never written
+    return db_size, ck1, ck2

@@ -206,3 +206,17 @@ def test_fixture_files_are_listed(tmp_path: Path) -> None:
         "wal-crashed.db-shm", "wal-crashed.db-wal", "zero.db-shm",
     }  # fmt: skip
     assert {p.name for p in FILES.iterdir()} == expected
+
+
+def test_unverified_frames_are_found_by_bisection_like_a_walk(monkeypatch):
+    spent = {"verify_until": 0.0, "clock": lambda: 1.0}  # no time to verify: salts only
+    walked = scan_bytes(WAL_BYTES, **spent)
+    monkeypatch.setattr(wal, "SEQUENTIAL_LIMIT", 1)  # force the bisection on 5 frames
+    assert scan_bytes(WAL_BYTES, **spent) == walked
+    assert (walked.frames, walked.verified) == (5, 0)
+    data = bytearray(WAL_BYTES)
+    header = wal.parse_header(WAL_BYTES)
+    for i in (4, 5):  # frames 4 and 5 from an older generation: the salts end after frame 3
+        data[wal.frame_offset(header, i) + 8] ^= 0x01
+    result = scan_bytes(bytes(data), **spent)
+    assert (result.frames, result.uncommitted) == (3, 0)
