@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -17,6 +18,9 @@ from .errors import AccessDenied, NoSuchProcess
 from .model import ByteRange, FileKey, LockLine, ProcSample, ThreadSample
 
 DELETED_SUFFIX = " (deleted)"
+# The descriptor scan runs in this many threads (at most one per CPU) from this many processes.
+SCAN_THREADS = 4
+PARALLEL_FROM = 256
 
 
 def parse_locks(text: str) -> tuple[list[LockLine], int]:
@@ -156,25 +160,56 @@ class ProcFS:
         with self._reading(pid, what), open(f"{self.root}/{pid}/{what}", "rb") as f:
             return f.read()
 
-    def fd_targets(self, pid: int, names: Iterable[str]) -> list[tuple[int, str]]:
-        """The (fd, link text) of `pid`'s descriptors whose link's basename is one of `names`.
+    def find_fds(self, names: Iterable[str]) -> tuple[list[tuple[int, int, str]], set[int]]:
+        """Every (pid, fd, link text) whose link's basename is one of `names`, across all
+        processes, and the pids whose descriptors could not be read.
 
-        Only the link text is read here (one readlink per fd, through a directory descriptor);
-        the caller confirms a match by (device, inode) with `fd_key`. A file deleted while open
-        reads as `path (deleted)` and still matches.
+        One readlink per descriptor, through a directory descriptor; the caller confirms a match
+        by (device, inode) with `fd_key`. A file deleted while open reads as `path (deleted)`
+        and still matches. The kernel's readlink dominates, so with many processes the scan is
+        split across threads (readlink releases the GIL).
         """
-        wanted = set(names)
-        found = []
+        names = list(names)
+        suffixes = tuple(f"/{n}" for n in names) + tuple(f"/{n}{DELETED_SUFFIX}" for n in names)
+        pids = list(self.pids())
+        found: list[tuple[int, int, str]] = []
+        denied: set[int] = set()
+
+        def scan(chunk: list[int]) -> None:
+            for pid in chunk:
+                try:
+                    found.extend((pid, fd, link) for fd, link in self._matching(pid, suffixes))
+                except NoSuchProcess:
+                    continue  # exited during the scan: it holds nothing any more
+                except AccessDenied:
+                    denied.add(pid)
+
+        workers = min(SCAN_THREADS, len(os.sched_getaffinity(0)))
+        if len(pids) < PARALLEL_FROM or workers < 2:
+            scan(pids)
+        else:
+            threads = [
+                threading.Thread(target=scan, args=(pids[i::workers],), daemon=True)
+                for i in range(workers)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        return found, denied
+
+    def _matching(self, pid: int, suffixes: tuple[str, ...]) -> list[tuple[int, str]]:
         with self._reading(pid, "fd"):
             dir_fd = os.open(f"{self.root}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        found = []
+        readlink = os.readlink
         try:
             for fd in os.listdir(dir_fd):
                 try:
-                    link = os.readlink(fd, dir_fd=dir_fd)
+                    link = readlink(fd, dir_fd=dir_fd)
                 except OSError:
-                    continue  # closed since the listing, or not a link
-                base = link.removesuffix(DELETED_SUFFIX).rpartition("/")[2]
-                if base in wanted:
+                    continue  # closed since the listing
+                if link.endswith(suffixes):
                     found.append((int(fd), link))
         finally:
             os.close(dir_fd)

@@ -392,28 +392,22 @@ def _find_openers(proc: ProcFS, dbs: list[_Db]) -> int:
     """
     names = {os.path.basename(f.path) for db in dbs for f in db.files}
     paths = {f.path: (db, f.kind) for db in dbs for f in db.files}
-    unreadable = set()
-    for pid in proc.pids():
+    matches, unreadable = proc.find_fds(names)
+    for pid, fd, link in matches:
+        if link.endswith(DELETED_SUFFIX):
+            found = paths.get(link.removesuffix(DELETED_SUFFIX))
+            if found:
+                found[0].deleted[(pid, fd)] = found[1]
+                found[0].openers.setdefault(pid, set()).add(found[1])
+            continue
         try:
-            for fd, link in proc.fd_targets(pid, names):
-                if link.endswith(DELETED_SUFFIX):
-                    found = paths.get(link.removesuffix(DELETED_SUFFIX))
-                    if found:
-                        found[0].deleted[(pid, fd)] = found[1]
-                        found[0].openers.setdefault(pid, set()).add(found[1])
-                    continue
-                try:
-                    key = proc.fd_key(pid, fd)
-                except NoSuchProcess:
-                    continue  # this descriptor closed since the listing (a -journal, say)
-                for db in dbs:
-                    kind = db.kind_of(key)
-                    if kind is not None:
-                        db.openers.setdefault(pid, set()).add(kind)
-        except NoSuchProcess:
-            continue  # exited during the scan: it holds nothing any more
-        except AccessDenied:
-            unreadable.add(pid)
+            key = proc.fd_key(pid, fd)
+        except (NoSuchProcess, AccessDenied):
+            continue  # closed since the listing (a -journal, say), or the process exited
+        for db in dbs:
+            kind = db.kind_of(key)
+            if kind is not None:
+                db.openers.setdefault(pid, set()).add(kind)
     for db in dbs:
         db.unreadable = unreadable
     return len(unreadable)

@@ -167,3 +167,18 @@ def test_human_report_names_holder_and_lock(wal_db, holder, run):
     assert "wal-write:EX*" in result.stdout
     assert "What you can do:" in result.stdout
     assert "\x1b[" not in result.stdout  # no colour when not a terminal
+
+
+def test_threaded_descriptor_scan_finds_the_same_holders(wal_db, holder, check_json, monkeypatch):
+    from sqlprobe import procfs
+
+    h = holder(wal_db, "wal-idle")
+    serial, _ = check_json(wal_db)
+    monkeypatch.setattr(procfs, "PARALLEL_FROM", 1)  # a scan in threads even for a few processes
+    monkeypatch.setattr(procfs, "SCAN_THREADS", 3)
+    threaded, _ = check_json(wal_db)
+
+    def seen(doc: dict) -> list[tuple[int, list[str]]]:
+        return [(x["pid"], x["files"]) for x in doc["databases"][0]["holders"]]
+
+    assert seen(threaded) == seen(serial) == [(h.pid, ["db", "wal", "shm"])]
