@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -67,9 +68,42 @@ def output_options(func: F) -> F:
     return func
 
 
+def _print_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(ctx.get_help(), color=ctx.color)
+        ctx.exit()
+
+
+def _help_flag() -> click.Option:
+    # Our own -h/--help: click's builds its help text with gettext, which imports locale on
+    # every run; `sqlprobe check --quiet` runs before every opencode run.
+    return click.Option(
+        ["-h", "--help"],
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_print_help,
+        help="Show this message and exit.",
+    )
+
+
+class Command(click.Command):
+    """A click command with sqlprobe's own -h/--help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(_help_flag())
+
+
 class LazyGroup(click.Group):
     """A group whose less common commands are imported only when used (or listed by --help):
     `sqlprobe check --quiet` runs before every opencode run, and every import is paid there."""
+
+    command_class = Command
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(_help_flag())
 
     lazy: ClassVar[dict[str, str]] = {
         "wait": "cli_workflows",
@@ -290,5 +324,22 @@ def _styler(color: bool) -> Callable[..., str]:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="sqlprobe")
+    """Console-script entry point.
+
+    Leaves through os._exit once the output is flushed: tearing down the interpreter (every
+    module, apsw's SQLite) costs ~7 ms, paid before every opencode run, and sqlprobe registers
+    no exit handler that would need it. An abandoned deadline thread cannot delay the exit.
+    """
+    try:
+        cli(prog_name="sqlprobe")
+        code: object = 0
+    except SystemExit as leaving:
+        code = leaving.code
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        # A reader that went away, or a closed stream: nothing more to say.
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            stream.flush()
+    os._exit(code if isinstance(code, int) else 0)

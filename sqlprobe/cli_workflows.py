@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .cli import _guarded
+from .cli import Command, _guarded
 
 EXIT_REFUSED_HELP = """\b
 Exit codes: the command's own once it runs; when sqlprobe refuses to run it, the
@@ -18,7 +18,7 @@ executed or is not found; 2 a usage error.
 """
 
 
-class _CommandAfterDashes(click.Command):
+class _CommandAfterDashes(Command):
     """Everything after the first `--` is the command to run, left untouched by click."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -73,7 +73,7 @@ _until = click.option(
 )
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("path", required=False, metavar="[PATH]")
 @click.option(
     "--timeout",
@@ -273,7 +273,7 @@ end
 }
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("shell", type=click.Choice(sorted(HOOKS)))
 @click.option(
     "--wait",

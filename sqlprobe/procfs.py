@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -18,8 +17,9 @@ from .errors import AccessDenied, NoSuchProcess
 from .model import ByteRange, FileKey, LockLine, ProcSample, ThreadSample
 
 DELETED_SUFFIX = " (deleted)"
-# The descriptor scan runs in this many threads (at most one per CPU) from this many processes.
-SCAN_THREADS = 4
+# The descriptor scan is split across this many processes (at most one per CPU) once there are
+# this many processes to scan.
+SCAN_WORKERS = 4
 PARALLEL_FROM = 256
 
 
@@ -119,6 +119,23 @@ def parse_environ(data: bytes) -> dict[str, str]:
     return env
 
 
+def _read_scan(pipe: int) -> tuple[list[tuple[int, int, str]], set[int]]:
+    """Read what a scanning child wrote: NUL-separated records of four fields."""
+    chunks = []
+    while chunk := os.read(pipe, 1 << 16):
+        chunks.append(chunk)
+    os.close(pipe)
+    fields = b"".join(chunks).split(b"\0")
+    found, denied = [], set()
+    for i in range(0, len(fields) - 3, 4):
+        kind, pid, fd, link = fields[i : i + 4]
+        if kind == b"F":
+            found.append((int(pid), int(fd), os.fsdecode(link)))
+        else:
+            denied.add(int(pid))
+    return found, denied
+
+
 class ProcFS:
     """Reader of one /proc tree (root injectable, so that tests can point it elsewhere)."""
 
@@ -167,36 +184,63 @@ class ProcFS:
         One readlink per descriptor, through a directory descriptor; the caller confirms a match
         by (device, inode) with `fd_key`. A file deleted while open reads as `path (deleted)`
         and still matches. The kernel's readlink dominates, so with many processes the scan is
-        split across threads (readlink releases the GIL).
+        split across CPUs: forked children scan their share and send it back through a pipe
+        (threads would contend for the GIL at every syscall).
         """
         names = list(names)
         suffixes = tuple(f"/{n}" for n in names) + tuple(f"/{n}{DELETED_SUFFIX}" for n in names)
         pids = list(self.pids())
+        workers = min(SCAN_WORKERS, len(os.sched_getaffinity(0)))
+        if len(pids) < PARALLEL_FROM or workers < 2:
+            return self._scan(pids, suffixes)
+        shares = [pids[i::workers] for i in range(workers)]
+        children = [self._scan_in_child(share, suffixes) for share in shares[1:]]
+        found, denied = self._scan(shares[0], suffixes)
+        for child, pipe in children:
+            more, refused = _read_scan(pipe)
+            os.waitpid(child, 0)
+            found += more
+            denied |= refused
+        return found, denied
+
+    def _scan(
+        self, pids: Iterable[int], suffixes: tuple[str, ...]
+    ) -> tuple[list[tuple[int, int, str]], set[int]]:
         found: list[tuple[int, int, str]] = []
         denied: set[int] = set()
-
-        def scan(chunk: list[int]) -> None:
-            for pid in chunk:
-                try:
-                    found.extend((pid, fd, link) for fd, link in self._matching(pid, suffixes))
-                except NoSuchProcess:
-                    continue  # exited during the scan: it holds nothing any more
-                except AccessDenied:
-                    denied.add(pid)
-
-        workers = min(SCAN_THREADS, len(os.sched_getaffinity(0)))
-        if len(pids) < PARALLEL_FROM or workers < 2:
-            scan(pids)
-        else:
-            threads = [
-                threading.Thread(target=scan, args=(pids[i::workers],), daemon=True)
-                for i in range(workers)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+        for pid in pids:
+            try:
+                found.extend((pid, fd, link) for fd, link in self._matching(pid, suffixes))
+            except NoSuchProcess:
+                continue  # exited during the scan: it holds nothing any more
+            except AccessDenied:
+                denied.add(pid)
         return found, denied
+
+    def _scan_in_child(self, pids: list[int], suffixes: tuple[str, ...]) -> tuple[int, int]:
+        """Fork a child that scans `pids` and writes its findings to a pipe: (pid, read end).
+
+        The child only makes syscalls and writes; it leaves with os._exit, running no cleanup
+        of the parent's (it holds no lock: POSIX locks are not inherited across fork).
+        """
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover (the child's coverage is not collected)
+            try:
+                os.close(read_end)
+                found, denied = self._scan(pids, suffixes)
+                out = bytearray()
+                for pid, fd, link in found:
+                    out += b"F\0%d\0%d\0" % (pid, fd) + os.fsencode(link) + b"\0"
+                for pid in denied:
+                    out += b"D\0%d\0\0\0" % pid
+                view = memoryview(out)
+                while view:
+                    view = view[os.write(write_end, view) :]
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        return child, read_end
 
     def _matching(self, pid: int, suffixes: tuple[str, ...]) -> list[tuple[int, str]]:
         with self._reading(pid, "fd"):

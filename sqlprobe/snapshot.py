@@ -22,7 +22,6 @@ from .effects import effective_mode, outcome
 from .errors import AccessDenied, CannotInspect, HeaderError, NoSuchProcess, OpenInThisProcess
 from .files import describe, open_regular, pread_at_most
 from .filestate import journal_header_set, read_wal_state
-from .health import wait_edges
 from .layout import DB_HEADER_SIZE, WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, decode, lock_bytes
 from .model import (
     ByteRange,
@@ -456,7 +455,11 @@ def _observe(
     # not listed.
     lines, bad = proc.locks() if _any_lock(dbs) else ([], 0)
     now = time.monotonic()
-    waits = wait_edges(lines)
+    waits: tuple[tuple[int, int], ...] = ()
+    if lines:
+        from .health import wait_edges  # only when there are locks to relate
+
+        waits = wait_edges(lines)
     if bad:
         warnings.append(f"{bad} line(s) of /proc/locks could not be parsed")
     for db in dbs:

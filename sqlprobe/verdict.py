@@ -12,7 +12,6 @@ from enum import Enum, IntEnum
 from typing import NamedTuple
 
 from .effects import Outcome, describe, effective_mode, outcome
-from .health import cycle_through, kernel_lock_wait, persistent_edges, waits_on
 from .model import DatabaseSnapshot, FileKind, JournalMode, Lock, Observation, Snapshot
 from .text import safe, shorten
 
@@ -179,6 +178,9 @@ def stuck_clause(pid: int | None, observations: tuple[Observation, ...]) -> str 
     states = {s.state for s in samples if s}
     if len(states) == 1 and (clause := STOPPED.get(next(iter(states)))):
         return clause
+    # Only a blocking lock gets here: keep the wait-for graph off the clear path's imports.
+    from .health import cycle_through, kernel_lock_wait, persistent_edges, waits_on
+
     edges = persistent_edges(observations)
     if cycle := cycle_through(pid, edges):
         steps = ", which waits on ".join(f"pid {p}" for p in [*cycle, pid])

@@ -169,14 +169,24 @@ def test_human_report_names_holder_and_lock(wal_db, holder, run):
     assert "\x1b[" not in result.stdout  # no colour when not a terminal
 
 
-def test_threaded_descriptor_scan_finds_the_same_holders(wal_db, holder, check_json, monkeypatch):
+def test_split_descriptor_scan_finds_the_same_holders(wal_db, holder, check_json, monkeypatch):
     from sqlprobe import procfs
 
     h = holder(wal_db, "wal-idle")
     serial, _ = check_json(wal_db)
-    monkeypatch.setattr(procfs, "PARALLEL_FROM", 1)  # a scan in threads even for a few processes
-    monkeypatch.setattr(procfs, "SCAN_THREADS", 3)
+    monkeypatch.setattr(procfs, "PARALLEL_FROM", 1)  # a split scan even for a few processes
+    monkeypatch.setattr(procfs, "SCAN_WORKERS", 3)
+    children = []
+    fork = procfs.ProcFS._scan_in_child
+
+    def counted(self, pids, suffixes):
+        children.append(pids)
+        return fork(self, pids, suffixes)
+
+    monkeypatch.setattr(procfs.ProcFS, "_scan_in_child", counted)
     threaded, _ = check_json(wal_db)
+    if len(os.sched_getaffinity(0)) > 1:
+        assert children and all(children)  # some processes really were scanned by a child
 
     def seen(doc: dict) -> list[tuple[int, list[str]]]:
         return [(x["pid"], x["files"]) for x in doc["databases"][0]["holders"]]

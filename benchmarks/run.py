@@ -1,0 +1,376 @@
+"""sqlprobe's speed, side by side with what a user would otherwise reach for (not a test).
+
+    .venv/bin/python benchmarks/run.py            # writes benchmarks/RESULTS.md
+    .venv/bin/python benchmarks/run.py --quick    # fewer repetitions, no 2000-process case
+
+Every command of one comparison runs with the same interpreter, interleaved (A B C A B C ...)
+so that a slow moment of the machine hits all of them alike, after warm-up runs; medians,
+min/max and ratios are reported. Python's bytecode cache is left on (PYTHONDONTWRITEBYTECODE is
+removed from the environment), as on a normal install.
+
+1. `sqlprobe check --quiet` on a clear data dir vs `python -c "import click"` and `python -c pass`.
+2. `sqlprobe check --quiet` with N extra processes each holding F descriptors vs `fuser -v` and
+   `lsof` on the same database (spawned here with fork+exec of `sleep`, killed at the end).
+3. The same check on a 2 GiB database with a 100,000-frame WAL vs a 100 KB one, both with the
+   WAL index stale (nobody holds the database) and with a live holder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+PY = sys.executable
+SQLPROBE = shutil.which("sqlprobe", path=str(Path(PY).parent)) or "sqlprobe"
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+Timing = dict[str, list[float]]
+
+
+def measure(commands: dict[str, Sequence[str]], reps: int, warmup: int = 3) -> Timing:
+    """Wall time of each command, interleaved, in seconds."""
+    times: Timing = {name: [] for name in commands}
+    for i in range(warmup + reps):
+        for name, argv in commands.items():
+            started = time.perf_counter()
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - started)
+    return times
+
+
+def table(times: Timing, base: str | None, others: Sequence[str] = ()) -> list[str]:
+    """A markdown table: median, min, max, and the ratio of medians to `base` and `others`."""
+    heads = ["command", "median ms", "min ms", "max ms"]
+    refs = [r for r in (base, *others) if r]
+    heads += [f"÷ {r}" for r in refs]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    for name, ts in times.items():
+        cells = [
+            f"`{name}`",
+            f"{med[name] * 1e3:.1f}",
+            f"{min(ts) * 1e3:.1f}",
+            f"{max(ts) * 1e3:.1f}",
+        ]
+        cells += [f"{med[name] / med[r]:.2f}" for r in refs]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def ratio(times: Timing, a: str, b: str) -> float:
+    return statistics.median(times[a]) / statistics.median(times[b])
+
+
+def verdict(value: float, target: float, what: str) -> str:
+    mark = "met" if value <= target else "NOT met"
+    return f"- {what}: **{value:.2f}** (target ≤ {target}) — {mark}"
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+def small_db(directory: Path) -> Path:
+    """A ~100 KB opencode-like database in WAL mode, closed (nobody holds it)."""
+    db = directory / "opencode.db"
+    conn = sqlite3.connect(db)
+    conn.execute("pragma journal_mode=wal")
+    conn.execute("create table session(id integer primary key, data blob)")
+    conn.executemany("insert into session(data) values (?)", [(b"x" * 3000,)] * 30)
+    conn.commit()
+    conn.close()
+    return db
+
+
+BIG_WAL_WRITER = """
+import os, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("pragma page_size=4096")
+conn.execute("pragma journal_mode=wal")
+conn.execute("pragma wal_autocheckpoint=0")
+conn.execute("pragma synchronous=off")
+conn.execute("pragma cache_size=-65536")
+conn.execute("create table t(x)")
+conn.execute("begin")
+frames = int(sys.argv[2])
+step = 5000
+for start in range(0, frames, step):
+    conn.execute(
+        "with recursive n(i) as (select 1 union all select i + 1 from n where i < ?)"
+        " insert into t select zeroblob(4000) from n", (min(step, frames - start),))
+    conn.execute("commit")
+    conn.execute("begin")
+conn.execute("commit")
+os._exit(0)  # die without closing: the WAL and its index stay, as after a crash
+"""
+
+
+def big_db(directory: Path, frames: int, size: int) -> Path:
+    """A database of `size` bytes (sparse) whose WAL has about `frames` committed frames."""
+    db = directory / "opencode.db"
+    subprocess.run([PY, "-c", BIG_WAL_WRITER, str(db), str(frames)], check=True)
+    with open(db, "r+b") as f:
+        f.truncate(size)  # sparse: a 2 GiB file costs no disk
+    return db
+
+
+@contextmanager
+def holders(count: int, fds: int, directory: Path) -> Iterator[None]:
+    """`count` processes (sleep) holding `fds` descriptors each, on files in `directory`."""
+    paths = [directory / f"held-{i}.txt" for i in range(fds)]
+    for p in paths:
+        p.write_bytes(b"")
+    opened = [os.open(p, os.O_RDONLY) for p in paths]
+    for fd in opened:
+        os.set_inheritable(fd, True)
+    pids = []
+    try:
+        for _ in range(count):
+            pid = os.fork()
+            if pid == 0:  # the child: keep the inherited descriptors, become `sleep`
+                try:
+                    os.execv("/bin/sleep", ["sleep", "3600"])
+                finally:
+                    os._exit(127)
+            pids.append(pid)
+        time.sleep(0.5)
+        yield
+    finally:
+        for fd in opened:
+            os.close(fd)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            os.waitpid(pid, 0)
+
+
+@contextmanager
+def live_holder(db: Path) -> Iterator[None]:
+    """A process with the database open in WAL mode and idle (holding DMS and SHARED)."""
+    code = (
+        "import sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1]); c.execute('select count(*) from sqlite_schema')\n"
+        "print('ready', flush=True); sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [PY, "-c", code, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout and proc.stdout.readline().startswith("ready")
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def tool_version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not installed"
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return text[0] if text else "?"
+
+
+def machine() -> list[str]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "?",
+    )
+    mem = next(
+        line.split()[1]
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    return [
+        f"- {platform.system()} {platform.release()}, {platform.machine()}",
+        f"- CPU: {cpu}, {len(os.sched_getaffinity(0))} usable cores;"
+        f" {int(mem) // 1024 // 1024} GiB of memory",
+        f"- Python {platform.python_version()} ({PY})",
+        f"- fuser: {tool_version(['fuser', '-V'])}; lsof: {tool_version(['lsof', '-v'])}",
+        f"- run as uid {os.getuid()}, {time.strftime('%Y-%m-%d %H:%M')}",
+    ]
+
+
+# -- the three comparisons -------------------------------------------------------------------------
+
+
+def startup(reps: int) -> tuple[list[str], list[str]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "opencode"
+        data.mkdir()
+        small_db(data)
+        times = measure(
+            {
+                "python -c pass": [PY, "-c", "pass"],
+                'python -c "import click"': [PY, "-c", "import click"],
+                "sqlprobe check --quiet": [SQLPROBE, "check", "--quiet", str(data)],
+            },
+            reps,
+        )
+    r = ratio(times, "sqlprobe check --quiet", 'python -c "import click"')
+    lines = table(times, 'python -c "import click"', ["python -c pass"])
+    return lines, [verdict(r, 1.3, 'clear data dir, ÷ `python -c "import click"`')]
+
+
+def descriptors(counts: Sequence[int], fds: int, reps: int) -> tuple[list[str], list[str]]:
+    lines, targets = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "opencode"
+        data.mkdir()
+        db = small_db(data)
+        with live_holder(db):
+            for count in counts:
+                with holders(count, fds, Path(tmp)):
+                    times = measure(
+                        {
+                            "sqlprobe check --quiet": [SQLPROBE, "check", "--quiet", str(data)],
+                            "fuser -v": ["fuser", "-v", str(db)],
+                            "lsof": ["lsof", str(db)],
+                        },
+                        reps,
+                        warmup=1,
+                    )
+                lines += ["", f"{count} extra processes x {fds} descriptors:", ""]
+                lines += table(times, "fuser -v", ["lsof"])
+                if count == max(counts):
+                    what = f"{count} x {fds} descriptors"
+                    targets.append(
+                        verdict(
+                            ratio(times, "sqlprobe check --quiet", "fuser -v"),
+                            0.5,
+                            f"{what}, ÷ `fuser -v`",
+                        )
+                    )
+                    targets.append(
+                        verdict(
+                            ratio(times, "sqlprobe check --quiet", "lsof"), 0.2, f"{what}, ÷ `lsof`"
+                        )
+                    )
+    return lines, targets
+
+
+def sizes(frames: int, reps: int) -> tuple[list[str], list[str]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        small = Path(tmp) / "small"
+        big = Path(tmp) / "big"
+        small.mkdir()
+        big.mkdir()
+        small_db(small)
+        big_path = big_db(big, frames, 2 << 30)
+        wal = Path(f"{big_path}-wal").stat().st_size
+        check = {
+            "small (100 KB, no WAL)": [SQLPROBE, "check", "--quiet", str(small)],
+            "2 GiB + WAL, index stale": [SQLPROBE, "check", "--quiet", str(big)],
+        }
+        stale = measure(check, reps)
+        # A live holder on each (the big one recovers the WAL first): both indexes are valid.
+        with live_holder(small / "opencode.db"), live_holder(big_path):
+            live = measure(
+                {
+                    "small, live holder": check["small (100 KB, no WAL)"],
+                    "2 GiB + WAL, live holder": [SQLPROBE, "check", "--quiet", str(big)],
+                },
+                reps,
+            )
+        probe = subprocess.run(
+            [SQLPROBE, "check", "--json", str(big)], capture_output=True, text=True, env=ENV
+        ).stdout
+    lines = [
+        f"The big database: a 2 GiB sparse file, and a WAL of {wal / 2**20:.0f} MiB written by"
+        f" SQLite in one process that then died ({frames:,} pages).",
+        "",
+        *table(stale, "small (100 KB, no WAL)"),
+        "",
+        *table(live, "small, live holder"),
+        "",
+        "What the stale check reported for the big WAL (from `--json`):",
+        "",
+        "```",
+        *[
+            line
+            for line in probe.splitlines()
+            if any(k in line for k in ('"frames"', '"verified_frames"', '"index"', '"file_size"'))
+        ],
+        "```",
+    ]
+    targets = [
+        verdict(
+            ratio(stale, "2 GiB + WAL, index stale", "small (100 KB, no WAL)"),
+            1.1,
+            "2 GiB database + 100k-frame WAL, stale index, ÷ small",
+        ),
+        verdict(
+            ratio(live, "2 GiB + WAL, live holder", "small, live holder"),
+            1.1,
+            "2 GiB database + 100k-frame WAL, live holder, ÷ small",
+        ),
+    ]
+    return lines, targets
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, 500 processes")
+    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    args = parser.parse_args()
+    reps = 7 if args.quick else 31
+    counts = [500] if args.quick else [500, 2000]
+    sections = []
+    targets: list[str] = []
+    for title, (lines, found) in (
+        ("1. Start-up: a clear data dir", startup(reps)),
+        (
+            "2. The holder scan: many processes with many descriptors",
+            descriptors(counts, 50, 3 if args.quick else 7),
+        ),
+        ("3. Database and WAL size", sizes(100_000, reps)),
+    ):
+        sections += [f"## {title}", "", *lines, ""]
+        targets += found
+        print(f"== {title}", *lines, *found, sep="\n", flush=True)
+    command = (
+        f"{Path(PY).relative_to(ROOT) if Path(PY).is_relative_to(ROOT) else PY} benchmarks/run.py"
+    )
+    if args.quick:
+        command += " --quick"
+    text = [
+        "# sqlprobe benchmarks",
+        "",
+        f"Reproduce with `{command}` (from the repository root, after the README's install).",
+        "Wall time per command, interleaved runs, medians; ratios are of medians.",
+        "",
+        "## Machine",
+        "",
+        *machine(),
+        "",
+        "## Targets",
+        "",
+        *targets,
+        "",
+        *sections,
+    ]
+    Path(args.out).write_text("\n".join(text) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
