@@ -100,10 +100,11 @@ def wait_edges(lines: Iterable[LockLine]) -> tuple[tuple[int, int], ...]:
 
 
 def persistent_edges(observations: Iterable[Observation]) -> frozenset[tuple[int, int]]:
-    """The wait-for edges present in every observation."""
+    """The wait-for edges present in every observation that read /proc/locks."""
     common: set[tuple[int, int]] | None = None
     for obs in observations:
-        common = set(obs.waits) if common is None else common & set(obs.waits)
+        if obs.waits is not None:
+            common = set(obs.waits) if common is None else common & set(obs.waits)
     return frozenset(common or ())
 
 

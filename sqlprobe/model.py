@@ -119,8 +119,9 @@ class Observation(NamedTuple):
     t: float  # monotonic seconds
     locks: tuple[Lock, ...]
     procs: tuple[ProcSample, ...]
-    # (waiter pid, holder pid) from every `->` line of /proc/locks, on any file.
-    waits: tuple[tuple[int, int], ...] = ()
+    # (waiter pid, holder pid) from every `->` line of /proc/locks, on any file; None when
+    # /proc/locks was not read for this observation (then its waiters are unknown too).
+    waits: tuple[tuple[int, int], ...] | None = None
 
     def proc(self, pid: int | None) -> ProcSample | None:
         return next((p for p in self.procs if p.pid == pid), None)

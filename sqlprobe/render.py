@@ -68,11 +68,14 @@ def _database_json(db: DatabaseSnapshot, dv: DatabaseVerdict) -> dict[str, Any]:
     first = db.observations[0] if db.observations else None
     last = db.observations[-1] if db.observations else None
     locks = first.locks if first else ()
+    # Waiters are known only where /proc/locks was read: the first look may have used fdinfo.
+    listed = next((o for o in reversed(db.observations) if o.waits is not None), None)
+    waiting = [lk for lk in (listed.locks if listed else ()) if lk.waiter]
     holders = []
     edges = persistent_edges(db.observations)
     for h in db.holders:
         sample = last.proc(h.pid) if last else None
-        mine = [lk for lk in locks if lk.pid == h.pid]
+        mine = [lk for lk in locks if lk.pid == h.pid and not lk.waiter]
         stuck = next((b.stuck for b in dv.blockers if b.lock.pid == h.pid and b.stuck), None)
         holders.append(
             {
@@ -85,8 +88,8 @@ def _database_json(db: DatabaseSnapshot, dv: DatabaseVerdict) -> dict[str, Any]:
                 "cpu_s": round(sample.cpu_s, 2) if sample else None,
                 "files": [k.value for k in h.files],
                 "fds_readable": h.fds_readable,
-                "locks": [_lock_json(lk, dv) for lk in mine if not lk.waiter],
-                "waiting_for": [_lock_json(lk, dv) for lk in mine if lk.waiter],
+                "locks": [_lock_json(lk, dv) for lk in mine],
+                "waiting_for": [_lock_json(lk, dv) for lk in waiting if lk.pid == h.pid],
                 "waiting_on": waits_on(h.pid, edges),
                 "likely_waiting_on": _likely(db, dv, h.pid),
                 "health": _health_json(health(h.pid, db.observations)),

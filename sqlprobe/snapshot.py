@@ -66,6 +66,7 @@ class _Db:
         self.error: str | None = None
         self.own = False  # this very process has one of its files open
         self.openers: dict[int, set[FileKind]] = {}  # pid -> the files it has open
+        self.opener_fds: list[tuple[int, int, FileKind]] = []  # (pid, fd, file) of the openers
         self.unreadable: set[int] = set()  # pids whose descriptors could not be read
         self.deleted: dict[tuple[int, int], FileKind] = {}  # (pid, fd) -> file deleted
         self.observations: list[Observation] = []
@@ -155,7 +156,7 @@ def take(
         deadline.stage = "reading the open files of every process (/proc/PID/fd)"
         uninspected = _find_openers(proc, dbs)
         deadline.stage = "reading /proc/locks"
-        _observe(proc, dbs, warnings, threads_of=set())
+        _observe(proc, dbs, warnings, threads_of=set(), fdinfo=not uninspected)
         deadline.stage = "reading the -wal, -shm and -journal headers"
         for db in dbs:
             _read_state(db, deadline)
@@ -407,6 +408,7 @@ def _find_openers(proc: ProcFS, dbs: list[_Db]) -> int:
             kind = db.kind_of(key)
             if kind is not None:
                 db.openers.setdefault(pid, set()).add(kind)
+                db.opener_fds.append((pid, fd, kind))
     for db in dbs:
         db.unreadable = unreadable
     return len(unreadable)
@@ -443,28 +445,37 @@ def _blocking_pids(dbs: list[_Db]) -> set[int | None] | None:
 
 
 def _observe(
-    proc: ProcFS, dbs: list[_Db], warnings: list[str], threads_of: set[int | None] | None
+    proc: ProcFS,
+    dbs: list[_Db],
+    warnings: list[str],
+    threads_of: set[int | None] | None,
+    fdinfo: bool = False,
 ) -> None:
-    """One observation of every database: /proc/locks, F_GETLK, and the holders' state.
+    """One observation of every database: its locks, and the holders' state.
 
-    Threads are sampled for the pids in `threads_of` (None: every holder).
+    Threads are sampled for the pids in `threads_of` (None: every holder). With `fdinfo`, the
+    locks are read from the holders' /proc/PID/fdinfo instead of /proc/locks (see _lock_lines).
     """
-    # F_GETLK over whole files first: when nobody holds any lock on a database or its -shm,
-    # /proc/locks has nothing to add about them, and its first read in a while costs the kernel
-    # an RCU grace period (~10 ms). flock locks, which never conflict with SQLite's, are then
-    # not listed.
-    lines, bad = proc.locks() if _any_lock(dbs) else ([], 0)
+    lines, bad, complete = _lock_lines(proc, dbs, fdinfo)
     now = time.monotonic()
-    waits: tuple[tuple[int, int], ...] = ()
-    if lines:
+    source = "proc-locks" if complete else "fdinfo"
+    found = [_locks_from_lines(db, lines, warnings, source) for db in dbs]
+    hidden = [_hidden_locks(db, locks) for db, locks in zip(dbs, found, strict=True)]
+    if not complete and any(lk.pid for more in hidden for lk in more):
+        # F_GETLK saw a holder that the holders' fdinfo did not explain: ask /proc/locks.
+        lines, bad = proc.locks()
+        complete = True
+        found = [_locks_from_lines(db, lines, warnings) for db in dbs]
+        hidden = [_hidden_locks(db, locks) for db, locks in zip(dbs, found, strict=True)]
+    waits: tuple[tuple[int, int], ...] | None = None
+    if complete:
         from .health import wait_edges  # only when there are locks to relate
 
         waits = wait_edges(lines)
     if bad:
         warnings.append(f"{bad} line(s) of /proc/locks could not be parsed")
-    for db in dbs:
-        locks = _locks_from_lines(db, lines, warnings)
-        locks += _hidden_locks(db, locks)
+    for db, locks, more in zip(dbs, found, hidden, strict=True):
+        locks += more
         pids = set(db.openers) | {lk.pid for lk in locks if lk.pid}
         pids.discard(proc.self_pid)
         procs = []
@@ -475,6 +486,35 @@ def _observe(
             except (NoSuchProcess, AccessDenied):
                 continue
         db.observations.append(Observation(now, tuple(locks), tuple(procs), waits))
+
+
+def _lock_lines(proc: ProcFS, dbs: list[_Db], fdinfo: bool) -> tuple[list[LockLine], int, bool]:
+    """The lock lines to decode, their count of unparsable lines, and whether they are the
+    whole of /proc/locks (False: only the holders' own, from fdinfo).
+
+    F_GETLK over whole files comes first: when nobody holds a lock on a database or its -shm,
+    there is nothing to read. Else, when every process could be inspected, the openers'
+    /proc/PID/fdinfo lists their locks: reading /proc/locks makes the kernel wait for an RCU
+    grace period (~10 ms) the first time in a while, on every check. Neither lists flock locks
+    once F_GETLK saw nothing, nor waiters (`->`), which only /proc/locks has: the window, where
+    waiting matters, reads /proc/locks.
+    """
+    if not _any_lock(dbs):
+        return [], 0, False
+    if fdinfo:
+        lines: dict[tuple, LockLine] = {}
+        try:
+            for db in dbs:
+                for pid, fd, kind in db.opener_fds:
+                    if kind in (FileKind.DB, FileKind.SHM) and pid != proc.self_pid:
+                        for line in proc.fd_locks(pid, fd):
+                            same = (line.pid, line.file, line.range, line.exclusive)
+                            lines[(*same, line.lock_class)] = line
+            return list(lines.values()), 0, False
+        except (NoSuchProcess, AccessDenied):
+            pass  # gone or forbidden since the scan: /proc/locks it is
+    lines_all, bad = proc.locks()
+    return lines_all, bad, True
 
 
 def _any_lock(dbs: list[_Db]) -> bool:
@@ -494,12 +534,14 @@ def _any_lock(dbs: list[_Db]) -> bool:
     return False
 
 
-def _locks_from_lines(db: _Db, lines: Iterable[LockLine], warnings: list[str]) -> list[Lock]:
+def _locks_from_lines(
+    db: _Db, lines: Iterable[LockLine], warnings: list[str], source: str = "proc-locks"
+) -> list[Lock]:
     locks: list[Lock] = []
     for line in lines:
         kind = db.kind_of(line.file) or _inode_fallback(db, line, warnings)
         if kind is not None:
-            locks.extend(decode(kind, line))
+            locks.extend(lk._replace(source=source) for lk in decode(kind, line))
     return locks
 
 

@@ -41,6 +41,7 @@ EXIT_CODES = {state: ExitCode[state.name] for state in State}
 # Which database decides for the whole target: a definite block outranks "cannot judge".
 SEVERITY = {State.CLEAR: 0, State.SHARED: 1, State.ERROR: 2, State.BUSY: 3, State.STUCK: 4}
 
+NAMING_ORDER = {"exclusive": 0, "wal-write": 0, "pending": 1, "reserved": 2, "shared": 3}
 # Probe results that mean SQLite cannot read the database at all (SQLITE_CORRUPT_* included).
 UNREADABLE = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
 ASLEEP = frozenset("SDI")  # thread states that are waiting, not running
@@ -122,7 +123,9 @@ def judge_database(db: DatabaseSnapshot, window_s: float) -> DatabaseVerdict:
         if effect is not None and lock.identity in persisted:
             blockers.append(Blocker(lock, effect, stuck_clause(lock.pid, observations)))
     if blockers:
-        blockers.sort(key=lambda b: b.stuck is None)  # a stuck holder is the one to name
+        # Name a stuck holder first, then the lock that says most (EXCLUSIVE over the PENDING
+        # taken on the way to it), whatever order the kernel listed them in.
+        blockers.sort(key=lambda b: (b.stuck is None, NAMING_ORDER.get(b.lock.name, 9)))
         top = blockers[0]
         state = State.STUCK if top.stuck else State.BUSY
         reason = _blocked_reason(db, top, len(observations), window_s)
@@ -185,8 +188,9 @@ def stuck_clause(pid: int | None, observations: tuple[Observation, ...]) -> str 
     if cycle := cycle_through(pid, edges):
         steps = ", which waits on ".join(f"pid {p}" for p in [*cycle, pid])
         return f"is deadlocked: {steps}"
-    if all(any(lk.waiter and lk.pid == pid for lk in obs.locks) for obs in observations):
-        waited = next(lk for lk in observations[-1].locks if lk.waiter and lk.pid == pid)
+    listed = [obs for obs in observations if obs.waits is not None]  # waiters are known there
+    if listed and all(any(lk.waiter and lk.pid == pid for lk in obs.locks) for obs in listed):
+        waited = next(lk for lk in listed[-1].locks if lk.waiter and lk.pid == pid)
         return f"is itself waiting on {describe(waited)} held by another process"
     if others := waits_on(pid, edges):
         return f"is itself waiting on a lock held by {_pid_list(others)}"

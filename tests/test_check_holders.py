@@ -192,3 +192,32 @@ def test_split_descriptor_scan_finds_the_same_holders(wal_db, holder, check_json
         return [(x["pid"], x["files"]) for x in doc["databases"][0]["holders"]]
 
     assert seen(threaded) == seen(serial) == [(h.pid, ["db", "wal", "shm"])]
+
+
+def test_idle_holders_locks_come_from_fdinfo_without_reading_proc_locks(
+    wal_db, holder, check_json, monkeypatch
+):
+    from sqlprobe import procfs
+
+    h = holder(wal_db, "wal-idle")
+    reads = []
+    real = procfs.ProcFS.locks
+    monkeypatch.setattr(procfs.ProcFS, "locks", lambda self: reads.append(1) or real(self))
+    doc, code = check_json(wal_db)
+    assert code == 3 and reads == []  # /proc/locks (an RCU grace period in the kernel) skipped
+    entry = only_holder(doc, h.pid)
+    assert {(lk["file"], lk["lock"]) for lk in entry["locks"]} == {("db", "shared"), ("shm", "dms")}
+    assert all(lk["source"] == "fdinfo" for lk in entry["locks"])
+
+
+def test_fdinfo_that_misses_a_lock_falls_back_to_proc_locks(
+    wal_db, holder, check_json, monkeypatch
+):
+    from sqlprobe import procfs
+
+    h = holder(wal_db, "wal-idle")
+    monkeypatch.setattr(procfs.ProcFS, "fd_locks", lambda self, pid, fd: [])
+    doc, _ = check_json(wal_db)
+    entry = only_holder(doc, h.pid)
+    assert {(lk["file"], lk["lock"]) for lk in entry["locks"]} == {("db", "shared"), ("shm", "dms")}
+    assert doc["databases"][0]["unattributed_locks"] == []

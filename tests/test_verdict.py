@@ -46,7 +46,8 @@ def snap(
     uninspected: int = 0,
 ) -> Snapshot:
     obs = tuple(
-        Observation(i * 0.05, locks, (p,) if p else ()) for i, (locks, p) in enumerate(observations)
+        Observation(i * 0.05, locks, (p,) if p else (), waits=())  # as read from /proc/locks
+        for i, (locks, p) in enumerate(observations)
     )
     holder = Holder(PID, command, 1000, "dev", (FileKind.DB,), 60.0)
     db = DatabaseSnapshot(
