@@ -19,7 +19,7 @@ SHM_READ_ATTEMPTS = 5  # a writer may be updating the header: read again before 
 # Checksums need every page of the WAL, at ~0.1 ms per 4 KiB page in Python: they are verified
 # for this long, and the rest is counted by salts and commit markers (the result says how many
 # were verified). A preflight must not pay for a large WAL (issue 6: within 10 % of a small one).
-VERIFY_BUDGET_S = 0.005
+VERIFY_BUDGET_S = 0.002
 
 
 def read_wal_state(
