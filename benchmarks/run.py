@@ -182,8 +182,10 @@ def tool_version(argv: list[str]) -> str:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return "not installed"
-    text = (out.stdout + out.stderr).strip().splitlines()
-    return text[0] if text else "?"
+    text = [line.strip() for line in (out.stdout + out.stderr).strip().splitlines()]
+    named = [line for line in text if "revision" in line.lower() or "version" in line.lower()]
+    revision = [line for line in named if any(ch.isdigit() for ch in line)]
+    return (revision or text or ["?"])[0]
 
 
 def machine() -> list[str]:
