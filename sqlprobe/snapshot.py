@@ -36,6 +36,7 @@ from .model import (
     LockLine,
     Mode,
     Observation,
+    Probe,
     ProcSample,
     SideFile,
     Snapshot,
@@ -155,7 +156,7 @@ def take(
             dbs.append(_open(path, own, warnings))
         deadline.stage = "reading the open files of every process (/proc/PID/fd)"
         uninspected = _find_openers(proc, dbs)
-        deadline.stage = "reading /proc/locks"
+        deadline.stage = "reading the locks (F_GETLK, fdinfo, /proc/locks)"
         _observe(proc, dbs, warnings, threads_of=set(), fdinfo=not uninspected)
         deadline.stage = "reading the -wal, -shm and -journal headers"
         for db in dbs:
@@ -212,7 +213,6 @@ def _sample_window(
     start = dbs[0].observations[0].t
     end = min(start + window, deadline.end - AFTER_WINDOW_S)
     deadline.stage = "sampling the observation window"
-    t = start
     for i in range(1, max(1, round(window / SAMPLE_INTERVAL)) + 1):
         t = start + min(i * SAMPLE_INTERVAL, window)
         if t > end:
@@ -223,7 +223,7 @@ def _sample_window(
     return window if covered >= window - 1e-3 else round(covered, 3)
 
 
-def _probe(snap: DatabaseSnapshot, own: bool, busy_timeout: float, deadline: Deadline):
+def _probe(snap: DatabaseSnapshot, own: bool, busy_timeout: float, deadline: Deadline) -> Probe:
     if own:
         return probe.skipped(
             "this process has the database open (a SQLite connection?): a second connection"
