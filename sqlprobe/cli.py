@@ -195,7 +195,9 @@ def snapshot_options(func: F) -> F:
     return func
 
 
-def _take(path: str | None, window: float, timeout: float, busy_timeout: float, no_probe: bool):
+def _take(
+    path: str | None, window: float, timeout: float, busy_timeout: float, no_probe: bool
+) -> tuple[Any, Any]:
     from .snapshot import check as take_snapshot
     from .verdict import judge
 
