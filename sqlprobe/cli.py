@@ -189,6 +189,13 @@ def snapshot_options(func: F) -> F:
                 help="Do not open the database with SQLite at all; read only /proc and the file "
                 "headers.",
             ),
+            click.option(
+                "--thorough",
+                is_flag=True,
+                help="Also stat every open file of every process, to find the database open "
+                "under another name (a hard link, or a bind mount of the file), and scan the "
+                "processes of other users that the files' modes keep out. Slower.",
+            ),
         ]
     ):
         func = option(func)
@@ -196,13 +203,23 @@ def snapshot_options(func: F) -> F:
 
 
 def _take(
-    path: str | None, window: float, timeout: float, busy_timeout: float, no_probe: bool
+    path: str | None,
+    window: float,
+    timeout: float,
+    busy_timeout: float,
+    no_probe: bool,
+    thorough: bool,
 ) -> tuple[Any, Any]:
     from .snapshot import check as take_snapshot
     from .verdict import judge
 
     snapshot = take_snapshot(
-        path, window=window, timeout=timeout, busy_timeout=busy_timeout, use_probe=not no_probe
+        path,
+        window=window,
+        timeout=timeout,
+        busy_timeout=busy_timeout,
+        use_probe=not no_probe,
+        thorough=thorough,
     )
     verdict = judge(snapshot)
     click.get_current_context().meta["exit_code"] = int(verdict.exit_code)
@@ -228,6 +245,7 @@ def check(
     timeout: float,
     busy_timeout: float,
     no_probe: bool,
+    thorough: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -248,12 +266,13 @@ def check(
       sqlprobe check ~/.local/share/opencode --json | jq .verdict
       sqlprobe check --json | jq '.databases[0].wal'   # checkpoint lag
       sqlprobe check -q --timeout 1 app.db || echo "not clear: exit $?"
+      sqlprobe check --thorough app.db     # also finds it open under another name
     """
     from .verdict import State
 
     if as_json and quiet:
         raise click.UsageError("--json and --quiet cannot be used together")
-    snapshot, verdict = _take(path, window, timeout, busy_timeout, no_probe)
+    snapshot, verdict = _take(path, window, timeout, busy_timeout, no_probe, thorough)
     if quiet:
         sys.exit(int(verdict.exit_code))
     from .render import to_json  # only needed when there is something to print
@@ -280,6 +299,7 @@ def diagnose(
     timeout: float,
     busy_timeout: float,
     no_probe: bool,
+    thorough: bool,
     as_json: bool,
 ) -> None:
     """Everything check knows, plus what you would otherwise gather by hand per holder.
@@ -304,7 +324,7 @@ def diagnose(
     from .render_diagnose import diagnosis_json, diagnosis_text
 
     started = time.monotonic()
-    snapshot, verdict = _take(path, window, timeout, busy_timeout, no_probe)
+    snapshot, verdict = _take(path, window, timeout, busy_timeout, no_probe, thorough)
     job = run_until(lambda: gather(snapshot), timeout - (time.monotonic() - started))
     diagnosis = job.get() if job.done.is_set() else None
     missing = f"no diagnosis: the {timeout:g} s timeout came first"

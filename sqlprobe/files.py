@@ -12,6 +12,7 @@ import os
 import stat
 from collections.abc import Container
 
+from .access import Gate
 from .errors import CannotInspect, OpenInThisProcess
 from .model import FileKey
 
@@ -76,6 +77,18 @@ def open_regular(path: str, avoid: Container[FileKey] = frozenset()) -> tuple[in
         os.close(fd)
         raise CannotInspect(path, why)
     return fd, st
+
+
+def gate(fd: int, st: os.stat_result) -> Gate:
+    """Owner, group and mode of an open file, and whether a POSIX access ACL is set on it."""
+    try:
+        os.getxattr(fd, "system.posix_acl_access")
+        acl = True
+    except OSError as err:
+        # No such attribute, or a filesystem without xattrs: the mode bits are the whole story.
+        # Any other failure: assume an ACL, which lets everybody through (access.py).
+        acl = err.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
+    return Gate(st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), acl)
 
 
 def pread_at_most(fd: int, size: int, offset: int = 0) -> bytes:

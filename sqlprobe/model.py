@@ -320,6 +320,9 @@ class Snapshot(NamedTuple):
     note: str | None = None  # why there is nothing to inspect (`:memory:`, empty data dir)
     error: str | None = None  # the target itself cannot be inspected
     uninspected_processes: int = 0
+    # Processes of other users not scanned: the files' own modes let none of them open them.
+    skipped_processes: int = 0
+    thorough: bool = False  # every descriptor that is a path was stat()ed, nobody skipped
     warnings: tuple[str, ...] = ()
     timeout_s: float | None = None  # the deadline the snapshot was taken under
     # What the deadline cut short ("the window", "the SQLite probe"), or None.

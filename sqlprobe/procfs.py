@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
 
+from .access import Credentials, Gate, ruled_out
 from .errors import AccessDenied, NoSuchProcess
 from .model import ByteRange, FileKey, LockLine, ProcSample, ThreadSample
 
@@ -80,6 +81,22 @@ def parse_stat(data: bytes) -> StatFields:
     )
 
 
+def parse_status(data: bytes) -> Credentials:
+    """A process's uids, gids, groups and whether it has any capability, from /proc/PID/status.
+
+    Raises ValueError when a field is missing or malformed.
+    """
+    fields = dict(line.split(b":", 1) for line in data.splitlines() if b":" in line)
+    if b"Uid" not in fields or b"Gid" not in fields:
+        raise ValueError("no Uid or Gid line")
+    caps = (fields.get(b"CapPrm", b"0"), fields.get(b"CapEff", b"0"), fields.get(b"CapAmb", b"0"))
+    return Credentials(
+        frozenset(map(int, fields[b"Uid"].split())),
+        frozenset(map(int, fields[b"Gid"].split() + fields.get(b"Groups", b"").split())),
+        any(int(c, 16) for c in caps),
+    )
+
+
 def parse_cmdline(data: bytes) -> str:
     """The command line with its NUL separators as spaces; bytes that are not UTF-8 escaped."""
     return data.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "backslashreplace")
@@ -119,21 +136,58 @@ def parse_environ(data: bytes) -> dict[str, str]:
     return env
 
 
-def _read_scan(pipe: int) -> tuple[list[tuple[int, int, str]], set[int]]:
-    """Read what a scanning child wrote: NUL-separated records of four fields."""
+class FdQuery(NamedTuple):
+    """What `ProcFS.find_fds` looks for."""
+
+    suffixes: tuple[str, ...]  # a link ending in one of these is a candidate
+    # Thorough: stat every descriptor whose link is a path, and take it when it is one of these.
+    keys: frozenset[FileKey] = frozenset()
+    # Skip a process that could open none of the files (empty: scan every process).
+    gates: tuple[Gate, ...] = ()
+
+
+class FdScan(NamedTuple):
+    """What `ProcFS.find_fds` found: (pid, fd, link text) of each candidate, the pids whose
+    descriptors could not be read, and the pids skipped because they could not open the files."""
+
+    found: list[tuple[int, int, str]]
+    denied: set[int]
+    skipped: set[int]
+
+    def merge(self, other: FdScan) -> FdScan:
+        return FdScan(
+            self.found + other.found, self.denied | other.denied, self.skipped | other.skipped
+        )
+
+
+def _write_scan(pipe: int, scan: FdScan) -> None:
+    """Send a scan through a pipe: NUL-separated records of four fields."""
+    out = bytearray()
+    for pid, fd, link in scan.found:
+        out += b"F\0%d\0%d\0" % (pid, fd) + os.fsencode(link) + b"\0"
+    for kind, pids in ((b"D", scan.denied), (b"S", scan.skipped)):
+        for pid in pids:
+            out += kind + b"\0%d\0\0\0" % pid
+    view = memoryview(out)
+    while view:
+        view = view[os.write(pipe, view) :]
+
+
+def _read_scan(pipe: int) -> FdScan:
+    """Read what a scanning child wrote with `_write_scan`."""
     chunks = []
     while chunk := os.read(pipe, 1 << 16):
         chunks.append(chunk)
     os.close(pipe)
     fields = b"".join(chunks).split(b"\0")
-    found, denied = [], set()
+    scan = FdScan([], set(), set())
     for i in range(0, len(fields) - 3, 4):
         kind, pid, fd, link = fields[i : i + 4]
         if kind == b"F":
-            found.append((int(pid), int(fd), os.fsdecode(link)))
+            scan.found.append((int(pid), int(fd), os.fsdecode(link)))
         else:
-            denied.add(int(pid))
-    return found, denied
+            (scan.denied if kind == b"D" else scan.skipped).add(int(pid))
+    return scan
 
 
 class ProcFS:
@@ -177,47 +231,57 @@ class ProcFS:
         with self._reading(pid, what), open(f"{self.root}/{pid}/{what}", "rb") as f:
             return f.read()
 
-    def find_fds(self, names: Iterable[str]) -> tuple[list[tuple[int, int, str]], set[int]]:
-        """Every (pid, fd, link text) whose link's basename is one of `names`, across all
-        processes, and the pids whose descriptors could not be read.
+    def find_fds(
+        self,
+        names: Iterable[str],
+        keys: Iterable[FileKey] = (),
+        gates: tuple[Gate, ...] = (),
+    ) -> FdScan:
+        """Every descriptor whose link's basename is one of `names`, across all processes.
 
         One readlink per descriptor, through a directory descriptor; the caller confirms a match
         by (device, inode) with `fd_key`. A file deleted while open reads as `path (deleted)`
-        and still matches. The kernel's readlink dominates, so with many processes the scan is
-        split across CPUs: forked children scan their share and send it back through a pipe
-        (threads would contend for the GIL at every syscall).
+        and still matches. With `keys` (thorough), every descriptor whose link is a path is
+        also stat()ed and taken when it is one of those files: renamed or hard-linked. With
+        `gates`, a process that could open none of the files is skipped (access.py).
+
+        The kernel's readlink dominates, so with many processes the scan is split across CPUs:
+        forked children scan their share and send it back through a pipe (threads would
+        contend for the GIL at every syscall).
         """
         names = list(names)
-        suffixes = tuple(f"/{n}" for n in names) + tuple(f"/{n}{DELETED_SUFFIX}" for n in names)
+        query = FdQuery(
+            tuple(f"/{n}" for n in names) + tuple(f"/{n}{DELETED_SUFFIX}" for n in names),
+            frozenset(keys),
+            gates,
+        )
         pids = list(self.pids())
         workers = min(SCAN_WORKERS, len(os.sched_getaffinity(0)))
         if len(pids) < PARALLEL_FROM or workers < 2:
-            return self._scan(pids, suffixes)
+            return self._scan(pids, query)
         shares = [pids[i::workers] for i in range(workers)]
-        children = [self._scan_in_child(share, suffixes) for share in shares[1:]]
-        found, denied = self._scan(shares[0], suffixes)
+        children = [self._scan_in_child(share, query) for share in shares[1:]]
+        scan = self._scan(shares[0], query)
         for child, pipe in children:
-            more, refused = _read_scan(pipe)
+            scan = scan.merge(_read_scan(pipe))
             os.waitpid(child, 0)
-            found += more
-            denied |= refused
-        return found, denied
+        return scan
 
-    def _scan(
-        self, pids: Iterable[int], suffixes: tuple[str, ...]
-    ) -> tuple[list[tuple[int, int, str]], set[int]]:
-        found: list[tuple[int, int, str]] = []
-        denied: set[int] = set()
+    def _scan(self, pids: Iterable[int], query: FdQuery) -> FdScan:
+        scan = FdScan([], set(), set())
         for pid in pids:
             try:
-                found.extend((pid, fd, link) for fd, link in self._matching(pid, suffixes))
+                if query.gates and self._cannot_open(pid, query.gates):
+                    scan.skipped.add(pid)
+                    continue
+                scan.found.extend((pid, fd, link) for fd, link in self._matching(pid, query))
             except NoSuchProcess:
                 continue  # exited during the scan: it holds nothing any more
             except AccessDenied:
-                denied.add(pid)
-        return found, denied
+                scan.denied.add(pid)
+        return scan
 
-    def _scan_in_child(self, pids: list[int], suffixes: tuple[str, ...]) -> tuple[int, int]:
+    def _scan_in_child(self, pids: list[int], query: FdQuery) -> tuple[int, int]:
         """Fork a child that scans `pids` and writes its findings to a pipe: (pid, read end).
 
         The child only makes syscalls and writes; it leaves with os._exit, running no cleanup
@@ -228,33 +292,46 @@ class ProcFS:
         if child == 0:  # pragma: no cover (the child's coverage is not collected)
             try:
                 os.close(read_end)
-                found, denied = self._scan(pids, suffixes)
-                out = bytearray()
-                for pid, fd, link in found:
-                    out += b"F\0%d\0%d\0" % (pid, fd) + os.fsencode(link) + b"\0"
-                for pid in denied:
-                    out += b"D\0%d\0\0\0" % pid
-                view = memoryview(out)
-                while view:
-                    view = view[os.write(write_end, view) :]
+                _write_scan(write_end, self._scan(pids, query))
             finally:
                 os._exit(0)
         os.close(write_end)
         return child, read_end
 
-    def _matching(self, pid: int, suffixes: tuple[str, ...]) -> list[tuple[int, str]]:
+    def _cannot_open(self, pid: int, gates: tuple[Gate, ...]) -> bool:
+        """Whether `pid` could open none of the files whose `gates` are given.
+
+        /proc/PID/fd is owned by the process's effective uid, or by root when the process is
+        not dumpable, as after a change of user without exec (one that may have opened the file
+        first): root, or an owner of one of the files, is scanned without reading more. Anyone
+        else is judged on /proc/PID/status (readable by all users).
+        """
+        with self._reading(pid, "fd"):
+            uid = os.stat(f"{self.root}/{pid}/fd").st_uid
+        if uid == 0 or any(uid == g.uid for g in gates):
+            return False
+        try:
+            return ruled_out(parse_status(self._read(pid, "status")), gates)
+        except ValueError:
+            return False  # an unexpected status: scan it
+
+    def _matching(self, pid: int, query: FdQuery) -> list[tuple[int, str]]:
         with self._reading(pid, "fd"):
             dir_fd = os.open(f"{self.root}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         found = []
-        readlink = os.readlink
+        readlink, suffixes, keys = os.readlink, query.suffixes, query.keys
         try:
             for fd in os.listdir(dir_fd):
                 try:
                     link = readlink(fd, dir_fd=dir_fd)
+                    if link.endswith(suffixes):
+                        found.append((int(fd), link))
+                    elif keys and link.startswith("/"):
+                        st = os.stat(fd, dir_fd=dir_fd)
+                        if (st.st_dev, st.st_ino) in keys:
+                            found.append((int(fd), link))
                 except OSError:
                     continue  # closed since the listing
-                if link.endswith(suffixes):
-                    found.append((int(fd), link))
         finally:
             os.close(dir_fd)
         return found

@@ -55,6 +55,8 @@ def to_json(snapshot: Snapshot, verdict: Verdict) -> dict[str, Any]:
             for db, dv in zip(snapshot.databases, verdict.databases, strict=True)
         ],
         "uninspected_processes": snapshot.uninspected_processes,
+        "skipped_processes": snapshot.skipped_processes,
+        "thorough": snapshot.thorough,
         "warnings": list(snapshot.warnings),
         "window": {"seconds": snapshot.window_s, "samples": snapshot.samples},
         "timeout": {"seconds": snapshot.timeout_s, "cut_short": list(snapshot.cut_short)},
@@ -247,6 +249,13 @@ def human(snapshot: Snapshot, verdict: Verdict, style: Any, data_dir: str) -> st
     if legend:
         out.append("")
         out.extend(legend)
+    if snapshot.skipped_processes:
+        n = snapshot.skipped_processes
+        out.append(
+            f"not scanned: {n} process{'' if n == 1 else 'es'} of other users, "
+            "whom the files' own modes keep out (one handed a descriptor would be missed; "
+            "--thorough scans them)"
+        )
     for warning in snapshot.warnings:
         out.append(style(f"warning: {safe(warning)}", fg="yellow"))
     advice = _advice(snapshot, verdict, data_dir)

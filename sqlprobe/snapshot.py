@@ -16,11 +16,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 from . import getlk, probe
+from .access import Gate, rules_out_others
 from .dbfile import parse_header
 from .deadline import Deadline, run_until
 from .effects import effective_mode, outcome
 from .errors import AccessDenied, CannotInspect, HeaderError, NoSuchProcess, OpenInThisProcess
-from .files import describe, open_regular, pread_at_most
+from .files import describe, gate, open_regular, pread_at_most
 from .filestate import journal_header_set, read_wal_state
 from .layout import DB_HEADER_SIZE, WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, decode, lock_bytes
 from .model import (
@@ -62,6 +63,7 @@ class _Db:
         self.files: list[SideFile] = []
         self.fds: dict[FileKind, int] = {}  # raw read-only descriptors
         self.sizes: dict[FileKind, int] = {}
+        self.gates: dict[FileKind, Gate] = {}  # who may open each file, by its own mode
         self.header: DbHeader | None = None
         self.size: int | None = None
         self.error: str | None = None
@@ -86,6 +88,7 @@ def check(
     timeout: float | None = DEFAULT_TIMEOUT,
     busy_timeout: float = probe.DEFAULT_BUSY_TIMEOUT,
     use_probe: bool = True,
+    thorough: bool = False,
 ) -> Snapshot:
     """Resolve `path` (None: opencode's default database) and take one snapshot of it.
 
@@ -102,7 +105,7 @@ def check(
         own = proc.own_files()  # before sqlprobe opens anything itself
         deadline.stage = f"resolving {path or default_target(env)}"
         target = resolve(path, env, own)
-        return take(target, window, proc, own, deadline, busy_timeout, use_probe)
+        return take(target, window, proc, own, deadline, busy_timeout, use_probe, thorough)
 
     if timeout is None:
         return work()
@@ -129,11 +132,13 @@ def take(
     deadline: Deadline | None = None,
     busy_timeout: float = probe.DEFAULT_BUSY_TIMEOUT,
     use_probe: bool = True,
+    thorough: bool = False,
 ) -> Snapshot:
     """Take a snapshot of the databases of `target`.
 
     `own` is what this process has open already (ProcFS.own_files); read here when not given.
-    The window is shortened to keep within `deadline`, and the snapshot says so.
+    The window is shortened to keep within `deadline`, and the snapshot says so. `thorough`
+    stats every open file of every process (see `_find_openers`).
     """
     deadline = deadline or Deadline(None)
     if target.error or not target.databases:
@@ -155,9 +160,10 @@ def take(
             deadline.stage = f"opening {path}"
             dbs.append(_open(path, own, warnings))
         deadline.stage = "reading the open files of every process (/proc/PID/fd)"
-        uninspected = _find_openers(proc, dbs)
+        uninspected, skipped = _find_openers(proc, dbs, thorough)
         deadline.stage = "reading the locks (F_GETLK, fdinfo, /proc/locks)"
-        _observe(proc, dbs, warnings, threads_of=set(), fdinfo=not uninspected)
+        # fdinfo is read only for the holders found: anyone not looked at sends us to /proc/locks.
+        _observe(proc, dbs, warnings, threads_of=set(), fdinfo=not (uninspected or skipped))
         deadline.stage = "reading the -wal, -shm and -journal headers"
         for db in dbs:
             _read_state(db, deadline)
@@ -193,6 +199,8 @@ def take(
         tuple(databases),
         used,
         uninspected_processes=uninspected,
+        skipped_processes=skipped,
+        thorough=thorough,
         warnings=tuple(dict.fromkeys(warnings)),
         timeout_s=deadline.seconds,
         cut_short=tuple(cut),
@@ -277,6 +285,7 @@ def _open(path: str, own: frozenset[FileKey], warnings: list[str]) -> _Db:
             continue
         db.fds[kind] = fd
         db.sizes[kind] = st.st_size
+        db.gates[kind] = gate(fd, st)
         if kind is FileKind.DB:
             db.size = st.st_size
             _read_header(db, fd)
@@ -382,24 +391,28 @@ def _partial_frame(wal: WalState) -> int:
 # -- holders ----------------------------------------------------------------------------------
 
 
-def _find_openers(proc: ProcFS, dbs: list[_Db]) -> int:
+def _find_openers(proc: ProcFS, dbs: list[_Db], thorough: bool) -> tuple[int, int]:
     """Record, per database, which processes have which of its files open.
 
     Candidates are found by the link text's basename (cheap), then confirmed by (device, inode),
     so that a data dir reached through a symlink or a bind mount still matches. A link that reads
-    `<one of the files> (deleted)` is a file deleted while held open: recorded apart. Returns the
-    count of processes whose descriptors could not be read.
+    `<one of the files> (deleted)` is a file deleted while held open: recorded apart. Processes
+    of other users are skipped when the files' own modes let none of them open any file
+    (access.py). `thorough` skips nobody and also stats every descriptor that is a path, for a
+    database open under another name (renamed, or a hard link). Returns the counts of processes
+    whose descriptors could not be read, and of processes skipped.
     """
     names = {os.path.basename(f.path) for db in dbs for f in db.files}
     paths = {f.path: (db, f.kind) for db in dbs for f in db.files}
-    matches, unreadable = proc.find_fds(names)
-    for pid, fd, link in matches:
+    keys = {f.key for db in dbs for f in db.files if f.key} if thorough else set()
+    scan = proc.find_fds(names, keys, () if thorough else _skippable(dbs))
+    for pid, fd, link in scan.found:
         if link.endswith(DELETED_SUFFIX):
             found = paths.get(link.removesuffix(DELETED_SUFFIX))
             if found:
                 found[0].deleted[(pid, fd)] = found[1]
                 found[0].openers.setdefault(pid, set()).add(found[1])
-            continue
+                continue
         try:
             key = proc.fd_key(pid, fd)
         except (NoSuchProcess, AccessDenied):
@@ -410,8 +423,23 @@ def _find_openers(proc: ProcFS, dbs: list[_Db]) -> int:
                 db.openers.setdefault(pid, set()).add(kind)
                 db.opener_fds.append((pid, fd, kind))
     for db in dbs:
-        db.unreadable = unreadable
-    return len(unreadable)
+        db.unreadable = scan.denied
+    return len(scan.denied), len(scan.skipped)
+
+
+def _skippable(dbs: list[_Db]) -> tuple[Gate, ...]:
+    """The gates of every file, when they keep other users out; else () and nobody is skipped.
+
+    Every database must exist and every existing file must have been opened (so its mode is
+    known): a database deleted while held, or a file not readable here, tells nothing.
+    """
+    gates = []
+    for db in dbs:
+        present = {f.kind for f in db.files if f.key is not None}
+        if FileKind.DB not in present or not present <= db.gates.keys():
+            return ()
+        gates += db.gates.values()
+    return tuple(gates) if rules_out_others(tuple(gates)) else ()
 
 
 def _confirm_deleted(proc: ProcFS, dbs: list[_Db]) -> None:

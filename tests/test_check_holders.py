@@ -179,9 +179,9 @@ def test_split_descriptor_scan_finds_the_same_holders(wal_db, holder, check_json
     children = []
     fork = procfs.ProcFS._scan_in_child
 
-    def counted(self, pids, suffixes):
+    def counted(self, pids, query):
         children.append(pids)
-        return fork(self, pids, suffixes)
+        return fork(self, pids, query)
 
     monkeypatch.setattr(procfs.ProcFS, "_scan_in_child", counted)
     threaded, _ = check_json(wal_db)

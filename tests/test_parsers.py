@@ -13,7 +13,7 @@ from sqlprobe import layout
 from sqlprobe.dbfile import parse_header
 from sqlprobe.errors import HeaderError
 from sqlprobe.model import ByteRange, FileKey, FileKind, JournalMode, LockLine, Mode
-from sqlprobe.procfs import parse_cmdline, parse_locks, parse_stat
+from sqlprobe.procfs import parse_cmdline, parse_locks, parse_stat, parse_status
 
 PROC = FIXTURES / "proc"
 SHM_KEY = FileKey(os.makedev(0xFE, 0), 2146404)
@@ -166,3 +166,17 @@ def test_parse_header_page_size_one_means_65536():
 def test_parse_header_rejects_short_or_foreign_bytes(data):
     with pytest.raises(HeaderError):
         parse_header(data)
+
+
+def test_parse_status_collects_every_uid_gid_group_and_any_capability():
+    nobody = parse_status((PROC / "status-nobody.txt").read_bytes())
+    assert nobody.uids == {65534}
+    assert nobody.gids == {65534, 100}
+    assert nobody.capable is False
+    root = parse_status((PROC / "status-root.txt").read_bytes())
+    assert root.uids == {0} and root.capable is True
+
+
+def test_parse_status_without_uid_line_raises_value_error():
+    with pytest.raises(ValueError):
+        parse_status(b"Name:\tx\nGid:\t1\t1\t1\t1\n")
