@@ -9,8 +9,10 @@ min/max and ratios are reported. Python's bytecode cache is left on (PYTHONDONTW
 removed from the environment), as on a normal install.
 
 1. `sqlprobe check --quiet` on a clear data dir vs `python -c "import click"` and `python -c pass`.
-2. `sqlprobe check --quiet` with N extra processes each holding F descriptors vs `fuser -v` and
-   `lsof` on the same database (spawned here with fork+exec of `sleep`, killed at the end).
+2. `sqlprobe check --quiet` (and with `--thorough`) with N extra processes each holding F
+   descriptors vs `fuser -v` and `lsof` on the same database (spawned here with fork+exec of
+   `sleep`, killed at the end); as root, also with the extra processes run as another user and
+   the database 0600, which sqlprobe skips.
 3. The same check on a 2 GiB database with a 100,000-frame WAL vs a 100 KB one, both with the
    WAL index stale (nobody holds the database) and with a live holder.
 """
@@ -37,6 +39,7 @@ ROOT = HERE.parent
 PY = sys.executable
 SQLPROBE = shutil.which("sqlprobe", path=str(Path(PY).parent)) or "sqlprobe"
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+NOBODY = 65534
 
 Timing = dict[str, list[float]]
 
@@ -129,8 +132,9 @@ def big_db(directory: Path, frames: int, size: int) -> Path:
 
 
 @contextmanager
-def holders(count: int, fds: int, directory: Path) -> Iterator[None]:
-    """`count` processes (sleep) holding `fds` descriptors each, on files in `directory`."""
+def holders(count: int, fds: int, directory: Path, uid: int | None = None) -> Iterator[None]:
+    """`count` processes (sleep) holding `fds` descriptors each, on files in `directory`;
+    running as `uid` when given (root only)."""
     paths = [directory / f"held-{i}.txt" for i in range(fds)]
     for p in paths:
         p.write_bytes(b"")
@@ -143,6 +147,10 @@ def holders(count: int, fds: int, directory: Path) -> Iterator[None]:
             pid = os.fork()
             if pid == 0:  # the child: keep the inherited descriptors, become `sleep`
                 try:
+                    if uid is not None:
+                        os.setgroups([])
+                        os.setgid(uid)
+                        os.setuid(uid)
                     os.execv("/bin/sleep", ["sleep", "3600"])
                 finally:
                     os._exit(127)
@@ -245,6 +253,13 @@ def descriptors(counts: Sequence[int], fds: int, reps: int) -> tuple[list[str], 
                     times = measure(
                         {
                             "sqlprobe check --quiet": [SQLPROBE, "check", "--quiet", str(data)],
+                            "sqlprobe check --quiet --thorough": [
+                                SQLPROBE,
+                                "check",
+                                "--quiet",
+                                "--thorough",
+                                str(data),
+                            ],
                             "fuser -v": ["fuser", "-v", str(db)],
                             "lsof": ["lsof", str(db)],
                         },
@@ -267,7 +282,44 @@ def descriptors(counts: Sequence[int], fds: int, reps: int) -> tuple[list[str], 
                             ratio(times, "sqlprobe check --quiet", "lsof"), 0.2, f"{what}, ÷ `lsof`"
                         )
                     )
+        if os.geteuid() == 0:
+            lines += other_users(max(counts), fds, reps, Path(tmp))
+        else:
+            lines += ["", "(Processes of another user: skipped, this needs root to start them.)"]
     return lines, targets
+
+
+def other_users(count: int, fds: int, reps: int, tmp: Path) -> list[str]:
+    """The same scan when the extra processes belong to another user and the database is 0600:
+    sqlprobe skips them (they could not have opened it), `--thorough` and the others do not."""
+    data = tmp / "private"
+    data.mkdir()
+    db = small_db(data)
+    db.chmod(0o600)  # SQLite gives the -wal and -shm the database's mode
+    with live_holder(db), holders(count, fds, tmp, uid=NOBODY):
+        times = measure(
+            {
+                "sqlprobe check --quiet": [SQLPROBE, "check", "--quiet", str(data)],
+                "sqlprobe check --quiet --thorough": [
+                    SQLPROBE,
+                    "check",
+                    "--quiet",
+                    "--thorough",
+                    str(data),
+                ],
+                "fuser -v": ["fuser", "-v", str(db)],
+                "lsof": ["lsof", str(db)],
+            },
+            reps,
+            warmup=1,
+        )
+    return [
+        "",
+        f"{count} extra processes of another user (nobody) x {fds} descriptors, the database"
+        " 0600 (sqlprobe skips them and says so; `--thorough` scans them):",
+        "",
+        *table(times, "fuser -v", ["lsof"]),
+    ]
 
 
 def sizes(frames: int, reps: int) -> tuple[list[str], list[str]]:
