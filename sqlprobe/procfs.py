@@ -242,7 +242,7 @@ class ProcFS:
         One readlink per descriptor, through a directory descriptor; the caller confirms a match
         by (device, inode) with `fd_key`. A file deleted while open reads as `path (deleted)`
         and still matches. With `keys` (thorough), every descriptor whose link is a path is
-        also stat()ed and taken when it is one of those files: renamed or hard-linked. With
+        also stat()ed and taken when it is one of those files (a hard link, a bind mount). With
         `gates`, a process that could open none of the files is skipped (access.py).
 
         The kernel's readlink dominates, so with many processes the scan is split across CPUs:
