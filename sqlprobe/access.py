@@ -50,7 +50,7 @@ def could_open(cred: Credentials, gate: Gate) -> bool:
 def rules_out_others(gates: tuple[Gate, ...]) -> bool:
     """Whether the files' modes keep out a process that owns none of them and is in none of
     their groups (without that, every process must be scanned)."""
-    return bool(gates) and not any(could_open(NOBODY, g) for g in gates)
+    return bool(gates) and ruled_out(NOBODY, gates)
 
 
 def ruled_out(cred: Credentials, gates: tuple[Gate, ...]) -> bool:

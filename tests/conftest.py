@@ -176,3 +176,24 @@ def only_holder(doc: dict[str, Any], pid: int) -> dict[str, Any]:
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+def on_pty(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run `cmd` with stdout and stderr on a new pseudo-terminal: (exit code, all it wrote)."""
+    import pty
+
+    main, sub = pty.openpty()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=sub, stderr=sub, env=env)
+    os.close(sub)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # EIO once the last writer has gone
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    code = proc.wait(timeout=30)
+    os.close(main)
+    return code, b"".join(chunks).decode()

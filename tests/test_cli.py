@@ -11,7 +11,7 @@ import time
 
 import click
 import pytest
-from conftest import fingerprint, make_db
+from conftest import fingerprint, make_db, on_pty
 
 from sqlprobe.cli import cli
 
@@ -137,27 +137,11 @@ def test_escape_sequences_in_a_command_line_never_reach_the_terminal(wal_db, hol
 def test_colour_only_on_a_terminal_and_never_with_no_color(wal_db, holder):
     """Run under a real pseudo-terminal: coloured, unless NO_COLOR is set."""
     pytest.importorskip("pty")
-    import pty
-
     holder(wal_db, "wal-idle")
 
     def on_tty(env: dict[str, str]) -> str:
-        main, sub = pty.openpty()
         cmd = [sys.executable, "-m", "sqlprobe", "check", str(wal_db)]
-        proc = subprocess.Popen(cmd, stdout=sub, stderr=sub, env={**os.environ, **env})
-        os.close(sub)
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(main, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        proc.wait(timeout=30)
-        os.close(main)
-        return b"".join(chunks).decode()
+        return on_pty(cmd, env={**os.environ, **env})[1]
 
     env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
     assert "\x1b[" in on_tty({**env, "NO_COLOR": ""})  # empty NO_COLOR does not count

@@ -77,7 +77,9 @@ def test_probe_reports_sqlites_code_for_a_database_it_cannot_read(tmp_path, run)
     )
 
 
-def test_probe_gives_up_at_its_budget_inside_sqlites_retry_loop(tmp_path):
+@pytest.fixture
+def read_marks_db(tmp_path):
+    """A WAL database beside a process holding all its read marks exclusively; killed after."""
     db = make_db(tmp_path / "opencode.db")
     holder = subprocess.Popen(
         [sys.executable, "-c", READ_MARKS_HOLDER, str(db)],
@@ -87,11 +89,7 @@ def test_probe_gives_up_at_its_budget_inside_sqlites_retry_loop(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "ready"
-        started = time.monotonic()
-        result = probe.run(str(db), probe.READONLY_SHM, busy_timeout=0.1, budget=0.5)
-        elapsed = time.monotonic() - started
-        assert result.result == "timeout", result
-        assert elapsed < 2.0  # SQLite alone would retry for ~10 s
+        yield db
     finally:
         holder.kill()
         holder.wait()
@@ -99,28 +97,22 @@ def test_probe_gives_up_at_its_budget_inside_sqlites_retry_loop(tmp_path):
         holder.stdout.close()
 
 
-def test_check_skips_the_probe_when_the_locks_predict_the_protocol_stall(tmp_path, check_json):
-    db = make_db(tmp_path / "opencode.db")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", READ_MARKS_HOLDER, str(db)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "ready"
-        started = time.monotonic()
-        doc, code = check_json(db)
-        assert time.monotonic() - started < 2.0
-        state = doc["databases"][0]
-        assert code in (4, 5) and state["blockers"][0]["outcome"] == "protocol"
-        assert state["probe"]["result"] == "skipped"
-        assert "SQLITE_PROTOCOL" in state["probe"]["detail"]
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdin.close()
-        holder.stdout.close()
+def test_probe_gives_up_at_its_budget_inside_sqlites_retry_loop(read_marks_db):
+    started = time.monotonic()
+    result = probe.run(str(read_marks_db), probe.READONLY_SHM, busy_timeout=0.1, budget=0.5)
+    elapsed = time.monotonic() - started
+    assert result.result == "timeout", result
+    assert elapsed < 2.0  # SQLite alone would retry for ~10 s
+
+
+def test_check_skips_the_probe_when_the_locks_predict_the_protocol_stall(read_marks_db, check_json):
+    started = time.monotonic()
+    doc, code = check_json(read_marks_db)
+    assert time.monotonic() - started < 2.0
+    state = doc["databases"][0]
+    assert code in (4, 5) and state["blockers"][0]["outcome"] == "protocol"
+    assert state["probe"]["result"] == "skipped"
+    assert "SQLITE_PROTOCOL" in state["probe"]["detail"]
 
 
 def test_probe_with_no_time_left_does_not_open(tmp_path):

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_db
+from conftest import make_db, on_pty
 
 BIN = Path(sys.executable).parent
 SQLPROBE = [sys.executable, "-m", "sqlprobe"]
@@ -247,25 +247,9 @@ def test_bash_hook_wraps_run_and_passes_other_commands_through(tmp_path, holder)
 
 
 def test_wait_shows_one_live_status_line_only_on_a_terminal(wal_db, holder):
-    import pty
-
     h = holder(wal_db, "wal-write", "--spin")
-    main, sub = pty.openpty()
-    cmd = [*SQLPROBE, "wait", str(wal_db), "--timeout", "1"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=sub, stderr=sub)
-    os.close(sub)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(main, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    assert proc.wait(timeout=30) == 4
-    os.close(main)
-    shown = b"".join(chunks).decode()
+    code, shown = on_pty([*SQLPROBE, "wait", str(wal_db), "--timeout", "1"])
+    assert code == 4
     assert "\r\x1b[Ksqlprobe: waiting " in shown and f"on pid {h.pid} (the WAL write lock" in shown
     # Not a terminal: no status line, only the final one-line answer.
     piped = sqlprobe("wait", str(wal_db), "--timeout", "1")
