@@ -322,19 +322,26 @@ def diagnose(
     from .diagnose import diagnose as gather
     from .render import to_json
     from .render_diagnose import diagnosis_json, diagnosis_text
+    from .verdict_opencode import likely_lock_waiters
 
     started = time.monotonic()
     snapshot, verdict = _take(path, window, timeout, busy_timeout, no_probe, thorough)
     job = run_until(lambda: gather(snapshot), timeout - (time.monotonic() - started))
     diagnosis = job.get() if job.done.is_set() else None
     missing = f"no diagnosis: the {timeout:g} s timeout came first"
+    likely = likely_lock_waiters(snapshot, verdict.opencode)
     if as_json:
         doc = to_json(snapshot, verdict)
-        doc["diagnosis"] = diagnosis_json(diagnosis) if diagnosis else {"error": missing}
+        doc["diagnosis"] = diagnosis_json(diagnosis, likely) if diagnosis else {"error": missing}
         click.echo(json.dumps(doc, indent=2))
     else:
         report, color = _report(snapshot, verdict)
-        extra = diagnosis_text(diagnosis, _styler(color)) if diagnosis else f"warning: {missing}"
+        home = snapshot.opencode.home if snapshot.opencode else ""
+        extra = (
+            diagnosis_text(diagnosis, _styler(color), likely, home)
+            if diagnosis
+            else f"warning: {missing}"
+        )
         click.echo(f"{report}\n\n{extra}", color=color)
     sys.exit(int(verdict.exit_code))
 

@@ -54,6 +54,19 @@ def _waiting_on(verdict: Any, waited: float) -> str:
     from .effects import describe
     from .text import shorten
 
+    locks = verdict.opencode.blockers if verdict.opencode else ()
+    if locks:
+        v = locks[0]
+        pid = v.lock.meta.pid if v.lock.meta and v.lock.meta.pid else None
+        if v.state == "left-behind":
+            what = (
+                f"a lock left behind{f' by pid {pid}' if pid else ''} (stale in ~{v.wait_s:.0f}s)"
+            )
+        else:
+            what = (
+                f"{f'pid {pid}' if pid else 'a process'} (an opencode lock, {verdict.state.value})"
+            )
+        return f"sqlprobe: waiting {waited:4.1f}s on {what}"
     blockers = [b for dv in verdict.databases for b in dv.blockers]
     if blockers:
         b = blockers[0]
@@ -147,7 +160,8 @@ def wait(path: str | None, timeout: float, until: str, quiet: bool) -> None:
     "--isolate",
     is_flag=True,
     help="Give this run its own database: OPENCODE_DB in a fresh private directory, removed "
-    "after the run.",
+    "after the run. opencode's own locks still apply: a held one refuses (or, with --wait, "
+    "waits).",
 )
 @click.option("--keep", is_flag=True, help="With --isolate: keep the isolated database.")
 @_guarded
@@ -179,12 +193,14 @@ def run(
         raise click.UsageError("give the command after --: sqlprobe run -- opencode run ...")
     if keep and not isolate:
         raise click.UsageError("--keep only goes with --isolate")
-    if isolate and (serialize or wait_s is not None or allow):
-        raise click.UsageError("--isolate needs no preflight: drop --serialize/--wait/--allow")
+    if isolate and (serialize or allow):
+        raise click.UsageError("--isolate has a database of its own: drop --serialize/--allow")
+    status = _Status()
     if isolate:
+        # Its own database, but not its own lock directory: opencode's locks still apply.
+        _preflight(path, "unblocked", wait_s, status, command[0], databases=False)
         sys.exit(_run_isolated(command, keep))
     until = "unblocked" if allow == "shared" else "clear"
-    status = _Status()
     if serialize:
         database = running.queue_database(path, os.environ)
         lock = os.path.join(running.queue_dir(os.environ), running.queue_name(database))
@@ -203,7 +219,18 @@ def run(
     sys.exit(running.exec_command(command))
 
 
-def _preflight(path: str | None, until: str, wait_s: float | None, status: _Status, name: str):
+def _preflight(
+    path: str | None,
+    until: str,
+    wait_s: float | None,
+    status: _Status,
+    name: str,
+    databases: bool = True,
+) -> None:
+    """Exit with the state's code unless it is `until` (at once, or within `wait_s`).
+
+    `databases` False: only opencode's own locks count (an isolated run has its own database).
+    """
     from .snapshot import check
     from .verdict import judge
     from .waiting import UNTIL
@@ -211,12 +238,16 @@ def _preflight(path: str | None, until: str, wait_s: float | None, status: _Stat
 
     if wait_s:
         result = wait_for(
-            path, until=until, timeout=wait_s, on_status=lambda v, t: status.show(_waiting_on(v, t))
+            path,
+            until=until,
+            timeout=wait_s,
+            on_status=lambda v, t: status.show(_waiting_on(v, t)),
+            databases=databases,
         )
         status.clear()
         verdict, reached = result.verdict, result.reached
     else:
-        verdict = judge(check(path))
+        verdict = judge(check(path, databases=databases))
         reached = verdict.state in UNTIL[until]
     if not reached:
         hint = " (--allow shared runs alongside)" if verdict.state.value == "shared" else ""

@@ -71,16 +71,22 @@ class Diagnosis(NamedTuple):
 
 
 def diagnose(snapshot: Snapshot, procfs: ProcFS | None = None) -> Diagnosis:
+    """Details of every database holder and every live owner of one of opencode's locks."""
     proc = procfs or ProcFS()
     dirs = list(dict.fromkeys(os.path.dirname(db.path) for db in snapshot.databases))
+    oc = snapshot.opencode
+    if oc is not None:  # its logs are in <data dir>/log/, with or without a database there
+        dirs = list(dict.fromkeys([*dirs, oc.data_dir]))
     try:
         mounts = proc.mounts()
         wsl1 = is_wsl1(proc.kernel_version())
     except OSError:
         mounts, wsl1 = [], False
     filesystems = tuple(_filesystem(d, mounts, wsl1) for d in dirs)
-    pids = sorted({h.pid for db in snapshot.databases for h in db.holders})
-    return Diagnosis(tuple(_holder(proc, pid, dirs) for pid in pids), filesystems)
+    pids = {h.pid for db in snapshot.databases for h in db.holders}
+    if oc is not None:
+        pids |= {o.pid for o in oc.owners if o.alive}
+    return Diagnosis(tuple(_holder(proc, pid, dirs) for pid in sorted(pids)), filesystems)
 
 
 def _holder(proc: ProcFS, pid: int, data_dirs: list[str]) -> HolderDetails:

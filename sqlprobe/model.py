@@ -111,6 +111,7 @@ class ProcSample(NamedTuple):
     cpu_s: float  # utime + stime, in seconds (clock-tick precision)
     threads: tuple[ThreadSample, ...] = ()  # empty when threads were not sampled
     ppid: int | None = None
+    zombies: tuple[int, ...] = ()  # children never reaped (state Z); sampled with the threads
 
 
 class Observation(NamedTuple):
@@ -311,6 +312,99 @@ class DatabaseSnapshot(NamedTuple):
         return next((h for h in self.holders if h.pid == pid), None)
 
 
+# -- opencode's own state (../shared/docs/opencode-state.md) -------------------------------------
+
+
+class LockMeta(NamedTuple):
+    """What an opencode lock's meta.json says."""
+
+    token: str | None
+    pid: int | None
+    hostname: str | None
+    created_at: float | None  # epoch seconds, from createdAt
+
+
+class LockDir(NamedTuple):
+    """One of opencode's lock directories, as read: mtimes are epoch seconds, None when absent."""
+
+    path: str
+    key: str | None  # the key it was recognised as, None when unrecognised
+    meta: LockMeta | None
+    problem: str | None  # why meta.json is not usable (missing, garbage, too large, a FIFO...)
+    dir_mtime: float | None  # None: the directory itself is gone (a breaker alone)
+    heartbeat_mtime: float | None
+    meta_mtime: float | None
+    breaker_mtime: float | None  # `<dir>.breaker`: an instance breaking it, or killed doing so
+    uid: int | None = None
+    searchable: bool = True  # False: its files could not be stat()ed (another user's 0700 dir)
+
+    @property
+    def fresh_since(self) -> float | None:
+        """The mtime opencode's stale rule looks at: heartbeat, else meta.json, else the dir.
+
+        None when it cannot be known here (the directory is not searchable, or gone).
+        """
+        if not self.searchable:
+            return None
+        for mtime in (self.heartbeat_mtime, self.meta_mtime, self.dir_mtime):
+            if mtime is not None:
+                return mtime
+        return None
+
+
+class LockOwner(NamedTuple):
+    """The process named by a lock's meta.json, as this host sees it."""
+
+    pid: int
+    alive: bool  # that pid runs here, and it started no later than the lock was taken
+    why: str | None  # when not alive: "no such process", "pid reused by a newer process"
+    command: str = ""
+    uid: int | None = None
+    user: str | None = None
+    age_s: float | None = None
+    exe: str | None = None
+
+
+class IndexLock(NamedTuple):
+    """A git `index.lock` in one of opencode's snapshot repos."""
+
+    path: str
+    mtime: float | None
+    openers: tuple[int, ...]  # pids that have it open
+
+
+class ZombieChild(NamedTuple):
+    """A child that exited and was never reaped (state Z), of a process sqlprobe looked at."""
+
+    parent: int
+    pid: int
+    command: str
+
+
+class OpencodeState(NamedTuple):
+    """opencode's own coordination state, beside its database: lock directories and more."""
+
+    state_dir: str
+    locks_dir: str
+    config_dir: str
+    data_dir: str
+    home: str
+    hostname: str  # this host's name, as opencode writes it into meta.json
+    now: float  # epoch seconds when the lock directories were read
+    locks: tuple[LockDir, ...] = ()
+    owners: tuple[LockOwner, ...] = ()
+    # The live owners' state across the window (locks empty, waits as /proc/locks said).
+    observations: tuple[Observation, ...] = ()
+    version: str | None = None  # of the opencode a new instance would run
+    version_source: str | None = None  # where the version was read
+    index_locks: tuple[IndexLock, ...] = ()
+    zombies: tuple[ZombieChild, ...] = ()
+    problems: tuple[str, ...] = ()
+
+    def owner(self, pid: int | None) -> LockOwner | None:
+        return next((o for o in self.owners if o.pid == pid), None)
+
+
 class Snapshot(NamedTuple):
     """One inspection of a target (a data dir or a database file)."""
 
@@ -327,6 +421,9 @@ class Snapshot(NamedTuple):
     timeout_s: float | None = None  # the deadline the snapshot was taken under
     # What the deadline cut short ("the window", "the SQLite probe"), or None.
     cut_short: tuple[str, ...] = ()
+    # opencode's own locks and signs of a stalled instance; None when the target is not
+    # opencode's data (a PATH elsewhere), so nothing of opencode's was read.
+    opencode: OpencodeState | None = None
 
     @property
     def samples(self) -> int:

@@ -8,10 +8,11 @@ skip or to count. The parsers (`parse_locks`, `parse_stat`) are pure and tested 
 from __future__ import annotations
 
 import os
+import pwd
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from .access import Credentials, Gate, ruled_out
 from .errors import AccessDenied, NoSuchProcess
@@ -211,6 +212,14 @@ class ProcFS:
             if name.isdigit() and int(name) != self.self_pid:
                 yield int(name)
 
+    def boot_time(self) -> float:
+        """When the system booted, in epoch seconds (`btime` of /proc/stat)."""
+        with open(f"{self.root}/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+        raise OSError(f"no btime in {self.root}/stat")
+
     def uptime(self) -> float:
         with open(f"{self.root}/uptime", "rb") as f:
             return float(f.read().split()[0])
@@ -367,13 +376,22 @@ class ProcFS:
         return parse_locks(body)[0]
 
     def sample(self, pid: int, threads: bool = False) -> ProcSample:
-        """State and CPU time of `pid`; with `threads`, each thread's state, CPU, wchan too."""
+        """State and CPU time of `pid`; with `threads`, each thread's state, CPU, wchan too, and
+        its children that exited and were never reaped."""
         st = parse_stat(self._read(pid, "stat"))
         per_thread: tuple[ThreadSample, ...] = ()
+        zombies: tuple[int, ...] = ()
         if threads:
             per_thread = tuple(self._threads(pid))
+            zombies = tuple(self.zombie_children(pid))
         return ProcSample(
-            pid, st.start_ticks, st.state, st.cpu_ticks / self.clock_ticks, per_thread, st.ppid
+            pid,
+            st.start_ticks,
+            st.state,
+            st.cpu_ticks / self.clock_ticks,
+            per_thread,
+            st.ppid,
+            zombies,
         )
 
     def _threads(self, pid: int) -> Iterator[ThreadSample]:
@@ -395,6 +413,34 @@ class ProcFS:
             except NoSuchProcess:
                 continue  # the thread exited between the listing and the read
             yield ThreadSample(int(tid), st.state, ns, "" if wchan == "0" else wchan, scheduled)
+
+    def children(self, pid: int) -> list[int]:
+        """The pids of `pid`'s children, from every thread's `task/TID/children`."""
+        with self._reading(pid, "task"):
+            tids = os.listdir(f"{self.root}/{pid}/task")
+        found: set[int] = set()
+        for tid in tids:
+            try:
+                found.update(int(c) for c in self._read(pid, f"task/{tid}/children").split())
+            except (NoSuchProcess, AccessDenied):
+                continue  # the thread exited, or children are not readable (another user)
+        return sorted(found)
+
+    def zombie_children(self, pid: int) -> list[int]:
+        """The children of `pid` that exited and were never reaped (state Z)."""
+        zombies = []
+        for child in self.children(pid):
+            try:
+                if parse_stat(self._read(child, "stat")).state == "Z":
+                    zombies.append(child)
+            except (NoSuchProcess, AccessDenied):
+                continue  # reaped since the listing
+        return zombies
+
+    def exe(self, pid: int) -> str:
+        """The executable's path (same user, or root)."""
+        with self._reading(pid, "exe"):
+            return os.readlink(f"{self.root}/{pid}/exe")
 
     # -- for `diagnose`: everything about one process -----------------------------------------
 
@@ -455,3 +501,29 @@ class ProcFS:
             if line.startswith(b"Uid:"):
                 return int(line.split()[2])
         raise NoSuchProcess(pid)
+
+
+T = TypeVar("T")
+
+
+def quietly(read: Callable[[int], T], pid: int) -> T | None:
+    """`read(pid)`, or None when the process is gone or forbids it (the caller shows `?`)."""
+    try:
+        return read(pid)
+    except (NoSuchProcess, AccessDenied, OSError):
+        return None
+
+
+_USERS: dict[int, str] = {}
+
+
+def user_name(uid: int | None) -> str | None:
+    """The user name of `uid` (its number when it has none), cached for the process."""
+    if uid is None:
+        return None
+    if uid not in _USERS:
+        try:
+            _USERS[uid] = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            _USERS[uid] = str(uid)
+    return _USERS[uid]

@@ -20,13 +20,17 @@ from .model import (
     JournalMode,
     Lock,
     Mode,
+    OpencodeState,
     Probe,
     ProbeResult,
     Snapshot,
     WalState,
 )
-from .text import safe
+from .opencode.flock import key_words
+from .opencode.paths import tildify
+from .text import duration, safe, shorten
 from .verdict import DatabaseVerdict, State, Verdict
+from .verdict_opencode import LockVerdict, OpencodeVerdict
 
 SCHEMA = 1
 
@@ -57,13 +61,74 @@ def to_json(snapshot: Snapshot, verdict: Verdict) -> dict[str, Any]:
         "uninspected_processes": snapshot.uninspected_processes,
         "skipped_processes": snapshot.skipped_processes,
         "thorough": snapshot.thorough,
-        "warnings": list(snapshot.warnings),
+        "warnings": all_warnings(snapshot, verdict),
         "window": {"seconds": snapshot.window_s, "samples": snapshot.samples},
         "timeout": {"seconds": snapshot.timeout_s, "cut_short": list(snapshot.cut_short)},
+        "opencode_locks": [_oclock_json(v, snapshot.opencode) for v in _lock_verdicts(verdict)],
+        "opencode": _opencode_json(snapshot.opencode, verdict.opencode),
     }
     if snapshot.note:
         doc["note"] = snapshot.note
     return doc
+
+
+def all_warnings(snapshot: Snapshot, verdict: Verdict) -> list[str]:
+    """The snapshot's warnings, then what opencode's state says (stale locks, index.lock...)."""
+    extra = list(verdict.opencode.warnings) if verdict.opencode else []
+    return list(dict.fromkeys([*snapshot.warnings, *extra]))
+
+
+def _lock_verdicts(verdict: Verdict) -> tuple[LockVerdict, ...]:
+    return verdict.opencode.locks if verdict.opencode else ()
+
+
+def _oclock_json(v: LockVerdict, state: OpencodeState | None) -> dict[str, Any]:
+    meta = v.lock.meta
+    found = state.owner(meta.pid if meta else None) if state else None
+    return {
+        "path": v.lock.path,
+        "key": v.lock.key,
+        "description": key_words(v.lock.key, state.home if state else ""),
+        "pid": meta.pid if meta else None,
+        "hostname": meta.hostname if meta else None,
+        "alive": v.alive,
+        "command": found.command if found and found.alive else None,
+        "held_s": v.held_s,
+        "heartbeat_age_s": v.heartbeat_age_s,
+        "state": v.state,
+        "needed_at_startup": v.needed,
+        "blocks": v.blocks,
+        "wait_s": v.wait_s,
+        "stuck": v.stuck,
+        "breaker_age_s": None
+        if v.lock.breaker_mtime is None or state is None
+        else round(max(0.0, state.now - v.lock.breaker_mtime), 1),
+        "problem": v.lock.problem,
+        "reason": v.reason,
+    }
+
+
+def _opencode_json(state: OpencodeState | None, ov: OpencodeVerdict | None) -> Any:
+    if state is None:
+        return None
+    return {
+        "state_dir": state.state_dir,
+        "locks_dir": state.locks_dir,
+        "version": state.version,
+        "version_source": state.version_source,
+        "startup_keys": list(ov.startup_keys) if ov else [],
+        "index_locks": [
+            {
+                "path": lk.path,
+                "age_s": None if lk.mtime is None else round(max(0.0, state.now - lk.mtime), 1),
+                "openers": list(lk.openers),
+            }
+            for lk in state.index_locks
+        ],
+        "zombie_children": [
+            {"parent": z.parent, "pid": z.pid, "command": z.command} for z in state.zombies
+        ],
+    }
 
 
 def _database_json(db: DatabaseSnapshot, dv: DatabaseVerdict) -> dict[str, Any]:
@@ -245,6 +310,9 @@ def human(snapshot: Snapshot, verdict: Verdict, style: Any, data_dir: str) -> st
         if hidden:
             cells = ", ".join(_lock_cell(lk, dv, windowed) for lk in hidden)
             out.append(f"  locks whose holder sqlprobe cannot see: {cells}")
+    if snapshot.opencode is not None and verdict.opencode is not None:
+        out.append("")
+        out.extend(opencode_lines(snapshot.opencode, verdict.opencode))
     legend = _legend(snapshot, verdict, windowed)
     if legend:
         out.append("")
@@ -256,7 +324,7 @@ def human(snapshot: Snapshot, verdict: Verdict, style: Any, data_dir: str) -> st
             "whom the files' own modes keep out (one handed a descriptor would be missed; "
             "--thorough scans them)"
         )
-    for warning in snapshot.warnings:
+    for warning in all_warnings(snapshot, verdict):
         out.append(style(f"warning: {safe(warning)}", fg="yellow"))
     advice = _advice(snapshot, verdict, data_dir)
     if advice:
@@ -264,6 +332,38 @@ def human(snapshot: Snapshot, verdict: Verdict, style: Any, data_dir: str) -> st
         out.append("What you can do:")
         out.extend(f"  - {line}" for line in advice)
     return "\n".join(out)
+
+
+def opencode_lines(state: OpencodeState, ov: OpencodeVerdict) -> list[str]:
+    """opencode's lock directories: one row each, and which opencode the verdict assumed."""
+    where = safe(tildify(state.locks_dir, state.home))
+    version = f"opencode {state.version}" if state.version else "opencode (version unknown)"
+    if not ov.locks:
+        return [f"opencode's locks: none in {where}"]
+    from tabulate import tabulate
+
+    rows = []
+    for v in ov.locks:
+        meta = v.lock.meta
+        found = state.owner(meta.pid if meta else None)
+        if v.blocks:
+            blocks = f"~{v.wait_s:.0f}s" if v.wait_s is not None else v.verdict.value
+        else:
+            blocks = "no"
+        rows.append(
+            [
+                v.state,
+                meta.pid if meta and meta.pid else "?",
+                duration(v.held_s),
+                duration(v.heartbeat_age_s),
+                blocks,
+                key_words(v.lock.key, state.home).removeprefix("opencode's "),
+                shorten(safe(found.command), 50) if found and found.alive else "-",
+            ]
+        )
+    headers = ["STATE", "PID", "HELD", "HEARTBEAT", "BLOCKS", "LOCK", "COMMAND"]
+    table = tabulate(rows, headers=headers, tablefmt="plain", disable_numparse=True)
+    return [f"opencode's locks in {where} (judged for {version}):", _indent(table)]
 
 
 def state_lines(db: DatabaseSnapshot) -> list[str]:
@@ -426,8 +526,11 @@ def _advice(snapshot: Snapshot, verdict: Verdict, data_dir: str) -> list[str]:
     state = verdict.state
     if state in (State.CLEAR, State.ERROR):
         return []
-    blockers = [b for dv in verdict.databases for b in dv.blockers]
     target = shlex.quote(snapshot.target)
+    locks = verdict.opencode.blockers if verdict.opencode else ()
+    if locks:
+        return _lock_advice(locks, snapshot, target)
+    blockers = [b for dv in verdict.databases for b in dv.blockers]
     isolate = (
         "isolate the run: sqlprobe run --isolate -- opencode run ... gives it its own database"
         " while credentials stay shared (its session is not in the shared history); a per-run"
@@ -464,17 +567,53 @@ def _advice(snapshot: Snapshot, verdict: Verdict, data_dir: str) -> list[str]:
     return lines
 
 
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    s = int(seconds)
-    if s < 60:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+def _lock_advice(locks: tuple[LockVerdict, ...], snapshot: Snapshot, target: str) -> list[str]:
+    """What helps against one of opencode's own locks (never --isolate: it is not in the db)."""
+    top = locks[0]
+    meta = top.lock.meta
+    pid = meta.pid if meta else None
+    remove = f"rm -r {shlex.quote(top.lock.path)}"
+    lines = []
+    if top.state == "left-behind":
+        lines.append(
+            f"wait ~{top.wait_s:.0f} s: the lock turns stale and the next instance breaks it;"
+            f" sqlprobe wait {target} && opencode run ... returns then (it deletes nothing)"
+        )
+        lines.append(
+            f"or remove it now, since its holder{f' pid {pid}' if pid else ''} is gone: {remove}"
+        )
+    elif top.state == "stale":  # a breaker left behind keeps it from being broken
+        breaker = shlex.quote(top.lock.path + ".breaker")
+        lines.append(f"wait ~{top.wait_s:.0f} s (sqlprobe wait {target}), or remove the breaker"
+                     f" left behind: rm -r {breaker}")  # fmt: skip
+    elif top.stuck:
+        lines.append("waiting will not help: the holder is making no progress")
+        if pid and "stopped" in top.stuck:
+            lines.append(f"resume a stopped holder with kill -CONT {pid}")
+        if pid:
+            lines.append(
+                f"end the holder: kill {pid} (what it has not saved is lost); its lock stays"
+                f" behind until it is stale (60 s), or remove it once pid {pid} is gone: {remove}"
+            )
+    else:
+        lines.append(
+            "wait: the holder releases the lock when it is done (a new instance itself would"
+            f" wait up to 5 min): sqlprobe wait --timeout 300 {target} && opencode run ...,"
+            f" or sqlprobe run --wait 300 {target} -- opencode run ..."
+        )
+        if pid:
+            lines.append(f"end the holder: kill {pid}; its lock stays behind until it is stale"
+                         f" (60 s), or remove it once pid {pid} is gone: {remove}")  # fmt: skip
+    if pid and top.alive:
+        lines.append(
+            f"look at the holder: sqlprobe diagnose {target}, or ps -o pid,stat,etime,time,args"
+            f" -p {pid}"
+        )
+    lines.append(
+        "sqlprobe run --isolate does not help here: it gives a run its own database, not its"
+        " own lock directory"
+    )
+    return lines
 
 
 def _indent(text: str) -> str:

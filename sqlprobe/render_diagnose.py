@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .diagnose import Diagnosis, HolderDetails
-from .render import duration
-from .text import safe
+from .opencode.flock import key_words
+from .text import duration, safe
+from .verdict_opencode import LockVerdict
 
 STACK_LINES = 12
 
 
-def diagnosis_json(diag: Diagnosis) -> dict[str, Any]:
+def diagnosis_json(diag: Diagnosis, likely: Mapping[int, LockVerdict]) -> dict[str, Any]:
     return {
         "filesystems": [
             {
@@ -23,11 +25,11 @@ def diagnosis_json(diag: Diagnosis) -> dict[str, Any]:
             }
             for fs in diag.filesystems
         ],
-        "holders": [_holder_json(h) for h in diag.holders],
+        "holders": [_holder_json(h, likely.get(h.pid)) for h in diag.holders],
     }
 
 
-def _holder_json(h: HolderDetails) -> dict[str, Any]:
+def _holder_json(h: HolderDetails, likely: LockVerdict | None) -> dict[str, Any]:
     return {
         "pid": h.pid,
         "fds": None
@@ -48,10 +50,19 @@ def _holder_json(h: HolderDetails) -> dict[str, Any]:
             for log in h.logs
         ],
         "problems": list(h.problems),
+        "likely_waiting_on_lock": None
+        if likely is None
+        else {
+            "path": likely.lock.path,
+            "pid": likely.lock.meta.pid if likely.lock.meta else None,
+            "inference": True,
+        },
     }
 
 
-def diagnosis_text(diag: Diagnosis, style: Any) -> str:
+def diagnosis_text(
+    diag: Diagnosis, style: Any, likely: Mapping[int, LockVerdict], home: str
+) -> str:
     out = []
     for fs in diag.filesystems:
         out.append(
@@ -63,6 +74,14 @@ def diagnosis_text(diag: Diagnosis, style: Any) -> str:
     for h in diag.holders:
         out.append("")
         out.append(style(f"pid {h.pid}", bold=True))
+        if (lock := likely.get(h.pid)) is not None:
+            meta = lock.lock.meta
+            by = f" of pid {meta.pid}" if meta and meta.pid else ""
+            out.append(
+                f"  likely waiting on {key_words(lock.lock.key, home)}{by} ({lock.state}) —"
+                " inferred: an opencode process that holds none of opencode's locks has run"
+                " for a while, while that lock blocks every start-up"
+            )
         if h.cwd:
             out.append(f"  cwd: {safe(h.cwd)}")
         if h.parents:

@@ -11,11 +11,10 @@ and every descriptor is closed before returning.
 from __future__ import annotations
 
 import os
-import pwd
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
-from . import getlk, probe
+from . import collect_opencode, getlk, probe
 from .access import Gate, rules_out_others
 from .dbfile import parse_header
 from .deadline import Deadline, run_until
@@ -37,13 +36,15 @@ from .model import (
     LockLine,
     Mode,
     Observation,
+    OpencodeState,
     Probe,
     ProcSample,
     SideFile,
     Snapshot,
     WalState,
 )
-from .procfs import DELETED_SUFFIX, ProcFS
+from .opencode.paths import Dirs
+from .procfs import DELETED_SUFFIX, ProcFS, quietly, user_name
 from .targets import Target, default_target, resolve
 
 DEFAULT_WINDOW = 0.3
@@ -89,8 +90,13 @@ def check(
     busy_timeout: float = probe.DEFAULT_BUSY_TIMEOUT,
     use_probe: bool = True,
     thorough: bool = False,
+    databases: bool = True,
 ) -> Snapshot:
     """Resolve `path` (None: opencode's default database) and take one snapshot of it.
+
+    When the target is opencode's own data (no PATH, or PATH is its data dir or database as
+    `env` places them), opencode's lock directories are read too. With `databases` False only
+    they are (an isolated run has a database of its own, but not a lock directory).
 
     Returns within `timeout` seconds (None: no limit) whatever the filesystem or the holders do.
     When the collection itself overruns (a hung filesystem), the snapshot is an error naming what
@@ -104,8 +110,14 @@ def check(
         deadline.stage = "listing this process's own open files"
         own = proc.own_files()  # before sqlprobe opens anything itself
         deadline.stage = f"resolving {path or default_target(env)}"
-        target = resolve(path, env, own)
-        return take(target, window, proc, own, deadline, busy_timeout, use_probe, thorough)
+        where = collect_opencode.scope(path, env)
+        if databases:
+            target = resolve(path, env, own)
+        else:
+            target = Target(label=where.state if where else (path or default_target(env)))
+        return take(
+            target, window, proc, own, deadline, busy_timeout, use_probe, thorough, where, env
+        )
 
     if timeout is None:
         return work()
@@ -133,15 +145,18 @@ def take(
     busy_timeout: float = probe.DEFAULT_BUSY_TIMEOUT,
     use_probe: bool = True,
     thorough: bool = False,
+    opencode: Dirs | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Snapshot:
-    """Take a snapshot of the databases of `target`.
+    """Take a snapshot of the databases of `target`, and of opencode's state in `opencode`.
 
     `own` is what this process has open already (ProcFS.own_files); read here when not given.
     The window is shortened to keep within `deadline`, and the snapshot says so. `thorough`
     stats every open file of every process (see `_find_openers`).
     """
     deadline = deadline or Deadline(None)
-    if target.error or not target.databases:
+    env = os.environ if env is None else env
+    if target.error or (not target.databases and opencode is None):
         return Snapshot(
             target.label,
             (),
@@ -155,22 +170,36 @@ def take(
     cut: list[str] = []
     own = proc.own_files() if own is None else own
     dbs = []
+    oc = None
+    owner_looks: list[Observation] = []
+    uninspected = skipped = 0
     try:
         for path in target.databases:
             deadline.stage = f"opening {path}"
             dbs.append(_open(path, own, warnings))
-        deadline.stage = "reading the open files of every process (/proc/PID/fd)"
-        uninspected, skipped = _find_openers(proc, dbs, thorough)
+        watch: dict[FileKey, str] = {}
+        if opencode is not None:
+            deadline.stage = f"reading opencode's lock directories in {opencode.locks}"
+            oc = collect_opencode.read(proc, opencode)
+            watch = _index_lock_keys(oc)
+        if dbs or watch:
+            deadline.stage = "reading the open files of every process (/proc/PID/fd)"
+            uninspected, skipped, openers = _find_openers(proc, dbs, thorough, watch)
+            if oc is not None:
+                oc = collect_opencode.with_openers(oc, watch, openers)
         deadline.stage = "reading the locks (F_GETLK, fdinfo, /proc/locks)"
         # fdinfo is read only for the holders found: anyone not looked at sends us to /proc/locks.
         _observe(proc, dbs, warnings, threads_of=set(), fdinfo=not (uninspected or skipped))
+        owners = collect_opencode.live_owners(oc) if oc else []
+        if owners:
+            owner_looks.append(_look_at(proc, owners, threads=False))
         deadline.stage = "reading the -wal, -shm and -journal headers"
         for db in dbs:
             _read_state(db, deadline)
         blocking = _blocking_pids(dbs)
         used = window
-        if blocking is not None and window > 0:
-            used = _sample_window(proc, dbs, warnings, window, deadline)
+        if (blocking is not None or owners) and window > 0:
+            used = _sample_window(proc, dbs, warnings, window, deadline, owners, owner_looks)
             if used < window:
                 cut.append(f"the window ({used:.2f} s of {window:g} s)")
     finally:
@@ -194,17 +223,46 @@ def take(
             if snap.probe and snap.probe.result == "timeout":
                 cut.append("the SQLite probe")
         databases.append(snap)
+    if oc is not None:
+        deadline.stage = "looking at opencode's lock owners"
+        holders = [h.pid for d in databases for h in d.holders]
+        oc = collect_opencode.finish(proc, oc, env, holders, tuple(owner_looks))
     return Snapshot(
         target.label,
         tuple(databases),
         used,
+        note=target.note,
         uninspected_processes=uninspected,
         skipped_processes=skipped,
         thorough=thorough,
         warnings=tuple(dict.fromkeys(warnings)),
         timeout_s=deadline.seconds,
         cut_short=tuple(cut),
+        opencode=oc,
     )
+
+
+def _index_lock_keys(oc: OpencodeState) -> dict[FileKey, str]:
+    """(device, inode) -> path of each git index.lock in opencode's snapshot repos."""
+    keys = {}
+    for lock in oc.index_locks:
+        try:
+            st = os.lstat(lock.path)
+        except OSError:
+            continue  # git finished since
+        keys[FileKey(st.st_dev, st.st_ino)] = lock.path
+    return keys
+
+
+def _look_at(proc: ProcFS, pids: Iterable[int], threads: bool) -> Observation:
+    """The state of some processes (opencode's lock owners) at one moment: no locks."""
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(proc.sample(pid, threads=threads))
+        except (NoSuchProcess, AccessDenied):
+            continue
+    return Observation(time.monotonic(), (), tuple(procs))
 
 
 def _sample_window(
@@ -213,12 +271,16 @@ def _sample_window(
     warnings: list[str],
     window: float,
     deadline: Deadline,
+    owners: list[int],
+    owner_looks: list[Observation],
 ) -> float:
-    """Sample every SAMPLE_INTERVAL until `window` has passed, or the deadline nears.
+    """Sample every SAMPLE_INTERVAL until `window` has passed, or the deadline nears: the
+    databases' locks and holders, and the `owners` of opencode's locks (into `owner_looks`).
 
     Returns the window actually covered.
     """
-    start = dbs[0].observations[0].t
+    looks = dbs[0].observations if dbs else owner_looks
+    start = looks[0].t
     end = min(start + window, deadline.end - AFTER_WINDOW_S)
     deadline.stage = "sampling the observation window"
     for i in range(1, max(1, round(window / SAMPLE_INTERVAL)) + 1):
@@ -227,7 +289,9 @@ def _sample_window(
             break
         time.sleep(max(0.0, t - time.monotonic()))
         _observe(proc, dbs, warnings, threads_of=None)  # every holder: health, waiting
-    covered = dbs[0].observations[-1].t - start
+        if owners:
+            owner_looks.append(_look_at(proc, owners, threads=True))
+    covered = looks[-1].t - start
     return window if covered >= window - 1e-3 else round(covered, 3)
 
 
@@ -391,7 +455,9 @@ def _partial_frame(wal: WalState) -> int:
 # -- holders ----------------------------------------------------------------------------------
 
 
-def _find_openers(proc: ProcFS, dbs: list[_Db], thorough: bool) -> tuple[int, int]:
+def _find_openers(
+    proc: ProcFS, dbs: list[_Db], thorough: bool, watch: Mapping[FileKey, str]
+) -> tuple[int, int, dict[FileKey, set[int]]]:
     """Record, per database, which processes have which of its files open.
 
     Candidates are found by the link text's basename (cheap), then confirmed by (device, inode),
@@ -399,13 +465,19 @@ def _find_openers(proc: ProcFS, dbs: list[_Db], thorough: bool) -> tuple[int, in
     `<one of the files> (deleted)` is a file deleted while held open: recorded apart. Processes
     of other users are skipped when the files' own modes let none of them open any file
     (access.py). `thorough` skips nobody and also stats every descriptor that is a path, for a
-    database open under another name (renamed, or a hard link). Returns the counts of processes
-    whose descriptors could not be read, and of processes skipped.
+    database open under another name (renamed, or a hard link). `watch` are other files to
+    find the openers of (git index.lock files), by (device, inode). Returns the counts of
+    processes whose descriptors could not be read, and of processes skipped, and the openers
+    of the watched files.
     """
     names = {os.path.basename(f.path) for db in dbs for f in db.files}
+    names |= {os.path.basename(path) for path in watch.values()}
     paths = {f.path: (db, f.kind) for db in dbs for f in db.files}
     keys = {f.key for db in dbs for f in db.files if f.key} if thorough else set()
-    scan = proc.find_fds(names, keys, () if thorough else _skippable(dbs))
+    # Nobody may be skipped when other files are watched: their modes were not looked at.
+    gates = () if thorough or watch else _skippable(dbs)
+    scan = proc.find_fds(names, keys, gates)
+    watched: dict[FileKey, set[int]] = {}
     for pid, fd, link in scan.found:
         if link.endswith(DELETED_SUFFIX):
             found = paths.get(link.removesuffix(DELETED_SUFFIX))
@@ -417,6 +489,8 @@ def _find_openers(proc: ProcFS, dbs: list[_Db], thorough: bool) -> tuple[int, in
             key = proc.fd_key(pid, fd)
         except (NoSuchProcess, AccessDenied):
             continue  # closed since the listing (a -journal, say), or the process exited
+        if key in watch:
+            watched.setdefault(key, set()).add(pid)
         for db in dbs:
             kind = db.kind_of(key)
             if kind is not None:
@@ -424,7 +498,7 @@ def _find_openers(proc: ProcFS, dbs: list[_Db], thorough: bool) -> tuple[int, in
                 db.opener_fds.append((pid, fd, kind))
     for db in dbs:
         db.unreadable = scan.denied
-    return len(scan.denied), len(scan.skipped)
+    return len(scan.denied), len(scan.skipped), watched
 
 
 def _skippable(dbs: list[_Db]) -> tuple[Gate, ...]:
@@ -648,9 +722,9 @@ def _holders(proc: ProcFS, db: _Db) -> Iterable[Holder]:
         sample = first.proc(pid)
         yield Holder(
             pid=pid,
-            command=_quietly(proc.cmdline, pid) or "",
-            uid=(uid := _quietly(proc.uid, pid)),
-            user=_user_name(uid),
+            command=quietly(proc.cmdline, pid) or "",
+            uid=(uid := quietly(proc.uid, pid)),
+            user=user_name(uid),
             files=tuple(k for k in FileKind if k in db.openers.get(pid, ())),
             age_s=_age(sample, uptime, proc.clock_ticks),
             fds_readable=pid not in db.unreadable,
@@ -661,24 +735,3 @@ def _age(sample: ProcSample | None, uptime: float | None, hz: int) -> float | No
     if sample is None or uptime is None:
         return None
     return max(0.0, round(uptime - sample.start_ticks / hz, 2))
-
-
-def _quietly(read: Callable[[int], object], pid: int):
-    try:
-        return read(pid)
-    except (NoSuchProcess, AccessDenied):
-        return None
-
-
-_USERS: dict[int, str] = {}
-
-
-def _user_name(uid: int | None) -> str | None:
-    if uid is None:
-        return None
-    if uid not in _USERS:
-        try:
-            _USERS[uid] = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            _USERS[uid] = str(uid)
-    return _USERS[uid]

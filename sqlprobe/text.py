@@ -20,3 +20,16 @@ def safe(text: str) -> str:
 def shorten(text: str, width: int) -> str:
     """`text` cut to `width` characters, ending in an ellipsis when cut."""
     return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"

@@ -9,11 +9,14 @@ The worst database decides for the whole target.
 from __future__ import annotations
 
 from enum import Enum, IntEnum
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .effects import Outcome, describe, effective_mode, outcome
 from .model import DatabaseSnapshot, FileKind, JournalMode, Lock, Observation, Snapshot
 from .text import safe, shorten
+
+if TYPE_CHECKING:
+    from .verdict_opencode import OpencodeVerdict
 
 
 class State(str, Enum):
@@ -70,6 +73,7 @@ class Verdict(NamedTuple):
     state: State
     reason: str
     databases: tuple[DatabaseVerdict, ...] = ()
+    opencode: OpencodeVerdict | None = None  # None when opencode's state was not read
 
     @property
     def exit_code(self) -> ExitCode:
@@ -77,28 +81,39 @@ class Verdict(NamedTuple):
 
 
 def judge(snapshot: Snapshot) -> Verdict:
-    """The verdict for a whole target: the worst of its databases."""
+    """The verdict for a whole target: the worst of its databases and of opencode's locks."""
     # Reasons are printed as one line: paths in them may hold newlines or escape sequences.
     if snapshot.error:
         return Verdict(State.ERROR, safe(snapshot.error))
-    if not snapshot.databases:
-        return Verdict(State.CLEAR, safe(snapshot.note or "nothing to check"))
+    locks = None
+    if snapshot.opencode is not None:
+        from .verdict_opencode import judge_opencode  # only for opencode's own data
+
+        locks = judge_opencode(snapshot.opencode)
+    blocking = sorted(locks.blockers, key=lambda v: -SEVERITY[v.verdict]) if locks else []
+    if not snapshot.databases and not blocking:
+        return Verdict(State.CLEAR, safe(snapshot.note or "nothing to check"), (), locks)
     verdicts = tuple(judge_database(db, snapshot.window_s) for db in snapshot.databases)
-    worst = max(verdicts, key=lambda v: SEVERITY[v.state])
-    reason = worst.reason
-    if len(verdicts) > 1 and worst.state is not State.CLEAR:
-        reason = f"{safe(worst.path)}: {reason}"
+    worst = max(verdicts, key=lambda v: SEVERITY[v.state], default=None)
+    if blocking and (worst is None or SEVERITY[blocking[0].verdict] >= SEVERITY[worst.state]):
+        # A lock of opencode's own: a start-up waits minutes on it, a database lock seconds.
+        state, reason = blocking[0].verdict, blocking[0].reason
+    else:
+        assert worst is not None
+        state, reason = worst.state, worst.reason
+        if len(verdicts) > 1 and worst.state is not State.CLEAR:
+            reason = f"{safe(worst.path)}: {reason}"
     if snapshot.cut_short:
         reason += (
             f" (the {snapshot.timeout_s:g} s timeout cut short {' and '.join(snapshot.cut_short)})"
         )
-    if worst.state in (State.CLEAR, State.SHARED) and snapshot.uninspected_processes:
+    if state in (State.CLEAR, State.SHARED) and snapshot.uninspected_processes:
         n = snapshot.uninspected_processes
         reason += (
             f" ({n} process{'es' if n != 1 else ''} could not be inspected: their open files are"
             " unknown, though any lock they hold would have been seen)"
         )
-    return Verdict(worst.state, reason, verdicts)
+    return Verdict(state, reason, verdicts, locks)
 
 
 def judge_database(db: DatabaseSnapshot, window_s: float) -> DatabaseVerdict:
@@ -166,12 +181,16 @@ def persisting(observations: tuple[Observation, ...]) -> frozenset[tuple]:
     return frozenset(i for i in common if i[3] is None or len(starts.get(i[3], ())) <= 1)
 
 
-def stuck_clause(pid: int | None, observations: tuple[Observation, ...]) -> str | None:
+def stuck_clause(
+    pid: int | None, observations: tuple[Observation, ...], idle: bool = True
+) -> str | None:
     """Which clause of the stuck rule holds for `pid` across the window, or None.
 
     Stuck: stopped or traced all window; or on a wait-for cycle (deadlocked); or itself waiting
-    on a lock all window (a `->` line, or a thread asleep in a file-lock wait); or no CPU used
-    while every thread slept in every sample. Needs at least two observations of the process.
+    on a lock all window (a `->` line, or a thread asleep in a file-lock wait); or with a child
+    that exited and was never reaped all window (opencode #41806: it never finishes starting);
+    or, unless `idle` is False, no CPU used while every thread slept in every sample. Needs at
+    least two observations of the process.
     """
     if pid is None or len(observations) < 2:
         return None
@@ -196,12 +215,16 @@ def stuck_clause(pid: int | None, observations: tuple[Observation, ...]) -> str 
         return f"is itself waiting on a lock held by {_pid_list(others)}"
     if kernel_lock_wait(pid, observations):
         return "is itself waiting on a file lock in the kernel (its holder is not visible)"
-    if samples[0].cpu_s != samples[-1].cpu_s:  # type: ignore[union-attr]
-        return None
-    # Threads are sampled from the second look on, once a blocking lock was seen.
+    # Threads (and children) are sampled from the second look on, once a blocking lock was seen.
     threaded = [s for s in samples if s and s.threads]
     if len(threaded) < 2:
         return None  # no evidence of sleep
+    never_reaped = set.intersection(*(set(s.zombies) for s in threaded))
+    if never_reaped:
+        child = min(never_reaped)
+        return f"has a child that exited and was never reaped all window (pid {child})"
+    if not idle or samples[0].cpu_s != samples[-1].cpu_s:  # type: ignore[union-attr]
+        return None
     first, last = threaded[0], threaded[-1]
     if {t.tid for t in first.threads} != {t.tid for t in last.threads}:
         return None  # threads came or went: something is happening

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
+from .collect_opencode import still_blocks
 from .effects import effective_mode, outcome
 from .layout import decode
 from .model import FileKind, Snapshot
@@ -64,7 +65,7 @@ def wait(
         # Cheap polls until something may have changed (or the time is up).
         while time.monotonic() < end:
             time.sleep(min(poll, max(0.0, end - time.monotonic())))
-            if not _still_held(proc, snapshot, until):
+            if not _still_held(proc, snapshot, until) and not _locks_still_block(proc, verdict):
                 break
             if on_status:
                 on_status(verdict, time.monotonic() - started)
@@ -93,3 +94,11 @@ def _still_held(proc: ProcFS, snapshot: Snapshot, until: str) -> bool:
         if any(outcome(lock, mode) is not None for lock in locks):
             return True
     return False
+
+
+def _locks_still_block(proc: ProcFS, verdict: Verdict) -> bool:
+    """Whether an opencode lock that blocked still certainly does: the same lock directory (the
+    same meta.json), still fresh by opencode's stale rule, and a held one's process still there.
+    A lock left behind stops blocking the moment it turns stale; nothing is deleted."""
+    blockers = verdict.opencode.blockers if verdict.opencode else ()
+    return any(still_blocks(proc, v.lock, v.state) for v in blockers)

@@ -1,0 +1,274 @@
+"""opencode's cross-process lock ("Flock"): lock directories under `<state>/locks/`.
+
+The facts are in ../shared/docs/opencode-state.md §2, read from the bundled JavaScript of the
+releases named in the README's table and checked with strace and real runs:
+
+- acquire: `mkdir <state>/locks/<sha1 hex of the key>.lock` (0700), then `heartbeat` (empty) and
+  `meta.json` (`{"token", "pid", "hostname", "createdAt"}`), both created exclusively;
+- the holder touches `heartbeat` every STALE_S / 3 from its event loop;
+- stale: now - mtime(heartbeat) > STALE_S (else meta.json's mtime, else the directory's); a
+  waiter breaks a stale lock through `<dir>.breaker` (mkdir; one older than STALE_S is removed
+  first, and the waiter tries again later);
+- a waiter that finds a fresh lock retries with backoff until TIMEOUT_S, then fails with
+  `Timed out waiting for lock: <key>`; SIGTERM and SIGKILL leave the directory behind.
+
+Reading them here is harmless: directories are listed and stat()ed, `meta.json` is opened
+read-only (regular files only, never a FIFO) and read up to META_MAX bytes. Nothing is created,
+touched or removed.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from typing import NamedTuple
+
+from ..errors import CannotInspect
+from ..files import describe, open_regular, pread_at_most
+from ..model import LockDir, LockMeta
+from .paths import Dirs, tildify
+
+STALE_S = 60.0  # staleMs
+HEARTBEAT_S = STALE_S / 3  # the holder's refresh interval
+TIMEOUT_S = 300.0  # timeoutMs: a waiter gives up after this long
+TIMEOUT_MESSAGE = "Timed out waiting for lock"
+META_MAX = 64 * 1024  # a meta.json is ~150 bytes; anything larger is not opencode's
+MAX_LOCKS = 512  # lock directories read per check; more are counted, not read
+SUFFIX = ".lock"
+BREAKER = ".breaker"
+
+
+def dir_name(key: str) -> str:
+    """The lock directory's name for `key`: its SHA-1 in hex, then `.lock`."""
+    import hashlib  # only when there is a lock to name: not on every check's path
+
+    return hashlib.sha1(key.encode()).hexdigest() + SUFFIX
+
+
+def parse_meta(data: bytes) -> LockMeta:
+    """The fields of a meta.json; raises ValueError when it is not opencode's JSON object."""
+    import json
+
+    doc = json.loads(data.decode("utf-8"))
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    pid = doc.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        pid = None
+    created = doc.get("createdAt")
+    created_at = _iso_time(created) if isinstance(created, str) else None
+    host = doc.get("hostname")
+    token = doc.get("token")
+    return LockMeta(
+        token=token if isinstance(token, str) else None,
+        pid=pid,
+        hostname=host if isinstance(host, str) else None,
+        created_at=created_at,
+    )
+
+
+def _iso_time(text: str) -> float | None:
+    """`2026-11-25T10:00:00.123Z` (JavaScript's toISOString) as epoch seconds."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+# -- keys -----------------------------------------------------------------------------------------
+
+
+def candidate_keys(dirs: Dirs) -> dict[str, str]:
+    """Directory name -> key, for the keys opencode builds from these directories.
+
+    `npm-install:<config dir>` (plugins of opencode.json), `npm-install:<cache>/packages/<spec>`
+    for every package cache entry (a scoped spec is one more level deep), and
+    `plug-config:<config dir>/opencode` and `.../tui` (`opencode plugin` patching the global
+    config). Listing the package cache is bounded by MAX_LOCKS entries.
+    """
+    keys = [
+        f"npm-install:{dirs.config}",
+        f"plug-config:{os.path.join(dirs.config, 'opencode')}",
+        f"plug-config:{os.path.join(dirs.config, 'tui')}",
+    ]
+    packages = os.path.join(dirs.cache, "packages")
+    for entry in _listdir(packages)[:MAX_LOCKS]:
+        path = os.path.join(packages, entry)
+        keys.append(f"npm-install:{path}")
+        if entry.startswith("@"):
+            keys.extend(f"npm-install:{path}/{sub}" for sub in _listdir(path)[:MAX_LOCKS])
+    return {dir_name(key): key for key in keys}
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def key_words(key: str | None, home: str) -> str:
+    """The key in words: `opencode's package install lock for ~/.config/opencode`."""
+    if key is None:
+        return "an opencode lock of unknown purpose"
+    kind, _, what = key.partition(":")
+    what = tildify(what, home)
+    if kind == "npm-install":
+        return f"opencode's package install lock for {what}"
+    if kind == "plug-config":
+        return f"opencode's plugin config lock for {what}"
+    if kind == "repo-clone":
+        return f"opencode's repository clone lock for {what}"
+    return f"opencode's {kind} lock for {what}"
+
+
+# -- which keys a new instance takes at start-up ------------------------------------------------
+
+# (first version, key templates taken by every start-up of `opencode run` from that version on),
+# oldest first. Established per release with strace and real runs (README, "opencode's locks").
+STARTUP: tuple[tuple[tuple[int, ...], tuple[str, ...]], ...] = (
+    ((0,), ()),
+    ((1, 16, 0), ("npm-install:{config}",)),
+)
+# The newest release that the table was checked against: a newer one is assumed to behave alike.
+CHECKED_UP_TO = (1, 18, 34)
+
+
+def parse_version(text: str | None) -> tuple[int, ...] | None:
+    """`1.18.34` -> (1, 18, 34); a pre-release suffix is dropped; None when not a version."""
+    if not text:
+        return None
+    core = text.strip().lstrip("v").split("-", 1)[0].split("+", 1)[0]
+    try:
+        parts = tuple(int(p) for p in core.split("."))
+    except ValueError:
+        return None
+    return parts if parts else None
+
+
+def startup_keys(version: str | None, dirs: Dirs) -> tuple[str, ...]:
+    """The keys a new instance of `version` takes at start-up (None: assume the newest known)."""
+    parsed = parse_version(version) or CHECKED_UP_TO
+    templates: tuple[str, ...] = ()
+    for first, keys in STARTUP:
+        if parsed >= first:
+            templates = keys
+    return tuple(t.format(config=dirs.config) for t in templates)
+
+
+def version_note(version: str | None) -> str | None:
+    """Why the start-up table is applied by assumption for this version, or None."""
+    parsed = parse_version(version)
+    newest = ".".join(map(str, CHECKED_UP_TO))
+    if parsed is None:
+        return f"opencode's version is unknown: assumed to start up as {newest} does"
+    if parsed > CHECKED_UP_TO:
+        return (
+            f"opencode {version} is newer than the releases checked: assumed to start as {newest}"
+        )
+    return None
+
+
+# -- reading the lock directories -----------------------------------------------------------------
+
+
+class LocksRead(NamedTuple):
+    locks: tuple[LockDir, ...]
+    problems: tuple[str, ...]  # what could not be read, one line each
+
+
+def read_locks(locks_dir: str, known_keys: Callable[[], dict[str, str]]) -> LocksRead:
+    """Every `<hex>.lock` directory under `locks_dir`, with its files' mtimes and meta.json.
+
+    A missing locks directory holds no lock. `known_keys()` maps directory names to the keys
+    they may be (candidate_keys); asked only when there is a lock to name.
+    """
+    try:
+        names = sorted(os.listdir(locks_dir))
+    except FileNotFoundError:
+        return LocksRead((), ())
+    except OSError as err:
+        return LocksRead((), (f"{locks_dir}: {describe(err)}: opencode's locks are unknown",))
+    if not names:
+        return LocksRead((), ())
+    keys = known_keys()
+    problems = []
+    lock_names = [n for n in names if n.endswith(SUFFIX)]
+    if len(lock_names) > MAX_LOCKS:
+        problems.append(
+            f"{locks_dir}: {len(lock_names)} lock directories, only the first {MAX_LOCKS} read"
+        )
+    breakers = {n.removesuffix(BREAKER) for n in names if n.endswith(SUFFIX + BREAKER)}
+    for orphan in sorted(breakers - set(lock_names)):
+        # A breaker without its lock: an instance was killed while breaking a stale lock.
+        lock_names.append(orphan)
+    found = [_read_one(locks_dir, name, keys, name in breakers) for name in lock_names[:MAX_LOCKS]]
+    return LocksRead(tuple(found), tuple(problems))
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.lstat(path).st_mtime
+    except OSError:
+        return None
+
+
+def _read_one(locks_dir: str, name: str, keys: dict[str, str], breaker: bool) -> LockDir:
+    path = os.path.join(locks_dir, name)
+    key = keys.get(name)
+    breaker_mtime = _mtime(path + BREAKER) if breaker else None
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return LockDir(path, key, None, "no lock directory", None, None, None, breaker_mtime)
+    if not stat.S_ISDIR(st.st_mode):
+        return LockDir(path, key, None, "not a directory", None, None, None, breaker_mtime)
+    heartbeat = os.path.join(path, "heartbeat")
+    meta_path = os.path.join(path, "meta.json")
+    meta, problem = None, None
+    try:
+        os.lstat(meta_path)  # a directory we may not search says so here, not as "no meta.json"
+        meta = parse_meta(_read_capped(meta_path))
+    except FileNotFoundError:
+        problem = "no meta.json (being taken, or its holder died right after taking it)"
+    except PermissionError:
+        problem = "permission denied (its files cannot be read)"
+    except CannotInspect as err:
+        problem = f"meta.json {err.problem}"
+    except OSError as err:
+        problem = f"meta.json: {describe(err)}"
+    except ValueError as err:
+        problem = f"meta.json is not opencode's ({_short(err)})"
+    return LockDir(
+        path=path,
+        key=key,
+        meta=meta,
+        problem=problem,
+        dir_mtime=st.st_mtime,
+        heartbeat_mtime=_mtime(heartbeat),
+        meta_mtime=_mtime(meta_path),
+        breaker_mtime=breaker_mtime,
+        uid=st.st_uid,
+        searchable=problem is None or not problem.startswith("permission"),
+    )
+
+
+def _read_capped(path: str) -> bytes:
+    fd, st = open_regular(path)
+    try:
+        if st.st_size > META_MAX:
+            raise ValueError(f"{st.st_size} bytes, more than {META_MAX}")
+        data = pread_at_most(fd, META_MAX + 1)
+    finally:
+        os.close(fd)
+    if len(data) > META_MAX:
+        raise ValueError(f"more than {META_MAX} bytes")
+    return data
+
+
+def _short(err: Exception) -> str:
+    text = str(err)
+    return text if len(text) <= 80 else text[:79] + "…"
