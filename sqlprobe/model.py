@@ -427,4 +427,7 @@ class Snapshot(NamedTuple):
 
     @property
     def samples(self) -> int:
-        return max((len(d.observations) for d in self.databases), default=0)
+        counts = [len(d.observations) for d in self.databases]
+        if self.opencode is not None:
+            counts.append(len(self.opencode.observations))
+        return max(counts, default=0)

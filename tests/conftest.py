@@ -6,19 +6,25 @@ import hashlib
 import json
 import os
 import select
+import shutil
 import signal
 import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import apsw
+import click
 import pytest
+import tabulate
 from click.testing import CliRunner
 
+import sqlprobe
 from sqlprobe.cli import cli
 
 HERE = Path(__file__).parent
@@ -106,27 +112,39 @@ def holder() -> Iterator[Callable[..., Holder]]:
         h.end()
 
 
-def fingerprint(directory: Path) -> dict[str, tuple[str, int]]:
-    """Name -> (sha256 or file type, mtime) of every entry of a directory."""
+def fingerprint(directory: Path, recursive: bool = False) -> dict[str, tuple[str, int]]:
+    """Name -> (sha256 or file type, mtime) of every entry of a directory (and, with
+    `recursive`, of every directory below it, by relative path). FIFOs are never opened."""
     out = {}
-    for p in sorted(directory.iterdir()):
+    entries = sorted(directory.rglob("*") if recursive else directory.iterdir())
+    for p in entries:
         st = p.lstat()
+        name = str(p.relative_to(directory))
         if stat.S_ISREG(st.st_mode):
-            out[p.name] = (hashlib.sha256(p.read_bytes()).hexdigest(), st.st_mtime_ns)
+            digest = hashlib.sha256(p.read_bytes()).hexdigest()
+            out[name] = (digest, st.st_mtime_ns)
         else:
-            out[p.name] = (stat.filemode(st.st_mode), st.st_mtime_ns)
+            out[name] = (stat.filemode(st.st_mode), st.st_mtime_ns)
     return out
 
 
-def _watched_dirs(args: tuple[Any, ...], env: dict[str, str] | None) -> set[Path]:
-    """The directories a check of `args` looks into: its PATH's directory, or the data dir."""
-    dirs = set()
+def _watched_dirs(args: tuple[Any, ...], env: dict[str, str] | None) -> dict[Path, bool]:
+    """The directories a check of `args` looks into, and whether to look below them: its
+    PATH's directory, opencode's data dir, and (recursively) opencode's state and config."""
+    dirs = {}
     for arg in args:
         if isinstance(arg, Path) and arg.is_absolute():
-            dirs.add(arg if arg.is_dir() and not arg.name.endswith(".db") else arg.parent)
+            dirs[arg if arg.is_dir() and not arg.name.endswith(".db") else arg.parent] = False
+    for variable, recursive in (
+        ("XDG_DATA_HOME", False),
+        ("XDG_STATE_HOME", True),
+        ("XDG_CONFIG_HOME", True),
+    ):
+        if env and env.get(variable):
+            dirs[Path(env[variable]) / "opencode"] = recursive
     if env and env.get("XDG_DATA_HOME"):
-        dirs.add(Path(env["XDG_DATA_HOME"]) / "opencode")
-    return {d for d in dirs if d.is_dir()}
+        dirs[Path(env["XDG_DATA_HOME"]) / "opencode" / "snapshot"] = True
+    return {d: r for d, r in dirs.items() if d.is_dir()}
 
 
 @pytest.fixture
@@ -141,11 +159,12 @@ def run(request: pytest.FixtureRequest) -> Callable[..., Any]:
     watch = request.node.get_closest_marker("holder_writes") is None
 
     def invoke(*args: Any, env: dict[str, str] | None = None) -> Any:
-        dirs = _watched_dirs(args, env) if watch else set()
-        before = {d: fingerprint(d) for d in dirs}
+        dirs = _watched_dirs(args, env) if watch else {}
+        before = {d: fingerprint(d, r) for d, r in dirs.items()}
         result = runner.invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
-        for d in dirs:
-            assert fingerprint(d) == before[d], f"sqlprobe {' '.join(map(str, args))} changed {d}"
+        for d, r in dirs.items():
+            after = fingerprint(d, r)
+            assert after == before[d], f"sqlprobe {' '.join(map(str, args))} changed {d}"
         return result
 
     return invoke
@@ -197,3 +216,68 @@ def on_pty(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, str]
     code = proc.wait(timeout=30)
     os.close(main)
     return code, b"".join(chunks).decode()
+
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def as_nobody() -> Iterator[list[str]]:
+    """argv prefix running `python -m sqlprobe` as nobody, from a copy nobody can read.
+
+    The test venv may live under /root (mode 0700), so sqlprobe and its pure-Python
+    dependencies are copied to a world-readable directory and run by a system Python.
+    """
+    if not is_root():
+        pytest.skip("needs root to drop to nobody")
+    python = next(
+        (
+            p
+            for p in ("/usr/bin/python3", "/usr/local/bin/python3", sys.executable)
+            if _runs_as_nobody(p)
+        ),
+        None,
+    )
+    if python is None:
+        pytest.skip("no Python >= 3.10 that the nobody user can execute")
+    lib = tempfile.mkdtemp(prefix="sqlprobe-nobody-")
+    os.chmod(lib, 0o755)
+    for module in (sqlprobe, click, tabulate, apsw):
+        src = Path(module.__file__)
+        if src.name.startswith("__init__."):  # a package (apsw's __init__ is a .so)
+            shutil.copytree(src.parent, Path(lib) / src.parent.name)
+        else:
+            shutil.copy(src, lib)
+    for root, dirs, files in os.walk(lib):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o755)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o644)
+    argv = ["env", f"PYTHONPATH={lib}", python]
+    if subprocess.run([*argv, "-c", "import apsw"], user=NOBODY, capture_output=True).returncode:
+        shutil.rmtree(lib)
+        pytest.skip(f"{python} cannot load the apsw built for {sys.executable}")
+    yield [*argv, "-m", "sqlprobe"]
+    shutil.rmtree(lib)
+
+
+def _runs_as_nobody(python: str) -> bool:
+    try:
+        probe = subprocess.run(
+            [python, "-c", "import sys; assert sys.version_info >= (3, 10)"],
+            user=NOBODY,
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return probe.returncode == 0
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A directory the nobody user can enter (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="sqlprobe-public-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)

@@ -28,6 +28,15 @@ import time
 import uuid
 
 
+KEEP: list[object] = []
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    return data[data.rindex(b")") + 2 :].split()[0].decode()
+
+
 def main() -> None:
     state_dir, key = sys.argv[1], sys.argv[2]
     args = sys.argv[3:]
@@ -52,8 +61,10 @@ def main() -> None:
     os.write(fd, json.dumps(meta, indent=2).encode())
     os.close(fd)
     if "--zombie" in args:
-        subprocess.Popen(["true"])  # never waited for: a zombie once it exits
-        time.sleep(0.2)
+        child = subprocess.Popen(["true"])  # kept, never waited for: a zombie once it exits
+        KEEP.append(child)
+        while _state(child.pid) != "Z":  # ready only once it is one
+            time.sleep(0.01)
 
     def release() -> None:
         with open(os.path.join(path, "meta.json")) as f:

@@ -6,24 +6,14 @@ These need root to set up (unshare, setuid, mount); each skips with the reason o
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
-import apsw
-import click
 import pytest
-import tabulate
-from conftest import is_root, make_db
-
-import sqlprobe
+from conftest import NOBODY, is_root, make_db
 
 needs_root = pytest.mark.skipif(not is_root(), reason="needs root to set up (unshare/setuid/mount)")
-NOBODY = 65534
 
 
 def sqlprobe_json(argv: list[str], **kwargs) -> tuple[dict, int]:
@@ -54,68 +44,6 @@ def test_lock_held_from_outside_the_pid_namespace_is_still_seen(wal_db, holder):
 
 
 # -- as an unprivileged user ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def as_nobody() -> Iterator[list[str]]:
-    """argv prefix running `python -m sqlprobe` as nobody, from a copy nobody can read.
-
-    The test venv may live under /root (mode 0700), so sqlprobe and its pure-Python
-    dependencies are copied to a world-readable directory and run by a system Python.
-    """
-    if not is_root():
-        pytest.skip("needs root to drop to nobody")
-    python = next(
-        (
-            p
-            for p in ("/usr/bin/python3", "/usr/local/bin/python3", sys.executable)
-            if _runs_as_nobody(p)
-        ),
-        None,
-    )
-    if python is None:
-        pytest.skip("no Python >= 3.10 that the nobody user can execute")
-    lib = tempfile.mkdtemp(prefix="sqlprobe-nobody-")
-    os.chmod(lib, 0o755)
-    for module in (sqlprobe, click, tabulate, apsw):
-        src = Path(module.__file__)
-        if src.name.startswith("__init__."):  # a package (apsw's __init__ is a .so)
-            shutil.copytree(src.parent, Path(lib) / src.parent.name)
-        else:
-            shutil.copy(src, lib)
-    for root, dirs, files in os.walk(lib):
-        for name in dirs:
-            os.chmod(os.path.join(root, name), 0o755)
-        for name in files:
-            os.chmod(os.path.join(root, name), 0o644)
-    argv = ["env", f"PYTHONPATH={lib}", python]
-    if subprocess.run([*argv, "-c", "import apsw"], user=NOBODY, capture_output=True).returncode:
-        shutil.rmtree(lib)
-        pytest.skip(f"{python} cannot load the apsw built for {sys.executable}")
-    yield [*argv, "-m", "sqlprobe"]
-    shutil.rmtree(lib)
-
-
-def _runs_as_nobody(python: str) -> bool:
-    try:
-        probe = subprocess.run(
-            [python, "-c", "import sys; assert sys.version_info >= (3, 10)"],
-            user=NOBODY,
-            capture_output=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return probe.returncode == 0
-
-
-@pytest.fixture
-def public_dir() -> Iterator[Path]:
-    """A directory the nobody user can enter (pytest's tmp_path is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="sqlprobe-public-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path)
 
 
 def test_unprivileged_user_sees_locks_but_admits_unreadable_processes(
