@@ -20,6 +20,9 @@ from .opencode.paths import Dirs
 from .text import duration, safe, shorten
 from .verdict import COMMAND_WIDTH, State, stuck_clause
 
+# A heartbeat older than its refresh interval by this much is one that stopped being refreshed.
+HEARTBEAT_SLACK_S = 5.0
+
 HELD = "held"
 LEFT_BEHIND = "left-behind"
 STALE = "stale"
@@ -118,14 +121,17 @@ def judge_lock(lock: LockDir, state: OpencodeState, startup: tuple[str, ...]) ->
     if alive is False:
         kind, wait = LEFT_BEHIND, until_stale
         meets = f"would stall ~{wait:.0f} s until it is stale, then break it"
+    elif age > flock.HEARTBEAT_S + HEARTBEAT_SLACK_S or (alive is None and not remote):
+        # A holder that stopped refreshing its heartbeat (measured with 1.18.34: a run whose
+        # install hangs), or no pid to look at: the lock turns stale unless refreshed again.
+        kind, wait = HELD, until_stale
+        meets = f"would stall ~{wait:.0f} s until it is stale (unless refreshed), then break it"
     else:
         kind, wait = HELD, None
         meets = (
-            f"waits for it, up to {flock.TIMEOUT_S / 60:.0f} min, then fails"
-            f' "{flock.TIMEOUT_MESSAGE}: {lock.key or "…"}"'
+            f"waits for it while its heartbeat stays fresh, up to {flock.TIMEOUT_S / 60:.0f} min,"
+            f' then fails "{flock.TIMEOUT_MESSAGE}: {lock.key or "…"}"'
         )
-        if alive is None and not remote:  # no pid yet: nobody may ever refresh it
-            meets = f"waits while it is fresh: ~{until_stale:.0f} s if nobody refreshes it"
     # An install that waits on the network sleeps without CPU too: idleness counts only once the
     # lock has been held longer than a healthy start-up takes to install (STALE_S).
     idle = held is not None and held > flock.STALE_S

@@ -27,7 +27,6 @@ import threading
 import time
 import uuid
 
-
 KEEP: list[object] = []
 
 

@@ -151,7 +151,7 @@ def test_install_lock_held_by_a_live_heartbeating_process_is_busy(oc, oclock, ru
     assert doc["reason"].startswith(f"pid {lock.pid} (")
     assert "has held opencode's package install lock for " in doc["reason"]
     assert (
-        'waits for it, up to 5 min, then fails "Timed out waiting for lock: npm-install:'
+        'waits for it while its heartbeat stays fresh, up to 5 min, then fails "Timed out waiting for lock: npm-install:'
         in (doc["reason"])
     )
     got = only_lock(doc)
@@ -417,3 +417,93 @@ def test_index_lock_held_open_names_its_process(oc, run):
     finally:
         git.kill()
         git.wait(timeout=10)
+
+
+# -- workflows ------------------------------------------------------------------------------------
+
+
+def sqlprobe(env: OcEnv, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SQLPROBE, *args], capture_output=True, text=True, timeout=timeout, env=env.env
+    )
+
+
+def test_wait_returns_when_a_left_behind_lock_turns_stale_and_deletes_nothing(oc, oclock):
+    lock = oclock(oc, oc.install_key)
+    lock.kill()
+    backdate(lock.path, STALE_S - 2)
+    stale_at = (lock.path / "heartbeat").stat().st_mtime + STALE_S
+    proc = sqlprobe(oc, "wait", "--timeout", "20")
+    returned = time.time()
+    assert proc.returncode == 0, proc.stderr
+    assert returned >= stale_at, "wait returned before the lock was stale"
+    assert returned < stale_at + 5, "wait missed the stale moment"
+    assert lock.path.is_dir() and (lock.path / "meta.json").exists(), "wait deletes nothing"
+
+
+def test_wait_gives_up_on_a_held_lock_with_its_reason(oc, oclock):
+    lock = oclock(oc, oc.install_key, "--spin")
+    proc = sqlprobe(oc, "wait", "--timeout", "1")
+    assert proc.returncode == 4
+    assert f"pid {lock.pid}" in proc.stderr and "package install lock" in proc.stderr
+
+
+def test_run_refuses_while_a_lock_blocks_and_runs_nothing(oc, oclock, tmp_path):
+    lock = oclock(oc, oc.install_key, "--spin")
+    marker = tmp_path / "ran"
+    proc = sqlprobe(oc, "run", "--", "touch", str(marker))
+    assert proc.returncode == 4 and not marker.exists()
+    assert proc.stderr.startswith("sqlprobe: not running touch: pid ")
+    assert f"pid {lock.pid}" in proc.stderr
+
+
+def test_isolate_does_not_start_a_run_into_a_held_lock(oc, oclock, tmp_path):
+    oclock(oc, oc.install_key, "--spin")
+    marker = tmp_path / "ran"
+    proc = sqlprobe(oc, "run", "--isolate", "--", "touch", str(marker))
+    assert proc.returncode == 4 and not marker.exists()
+    assert "package install lock" in proc.stderr
+    assert "isolated run" not in proc.stderr, "no isolated database was made"
+
+
+def test_isolate_with_wait_starts_once_a_left_behind_lock_is_stale(oc, oclock, tmp_path):
+    lock = oclock(oc, oc.install_key)
+    lock.kill()
+    backdate(lock.path, STALE_S - 1)
+    marker = tmp_path / "ran"
+    proc = sqlprobe(oc, "run", "--isolate", "--wait", "20", "--", "touch", str(marker))
+    assert proc.returncode == 0, proc.stderr
+    assert marker.exists() and "isolated run" in proc.stderr
+
+
+def test_isolate_ignores_a_busy_database(oc, holder, tmp_path):
+    db = make_db(oc.data / "opencode.db")
+    holder(db, "wal-write", "--spin")
+    marker = tmp_path / "ran"
+    proc = sqlprobe(oc, "run", "--isolate", "--", "touch", str(marker))
+    assert proc.returncode == 0, proc.stderr
+    assert marker.exists()
+
+
+# -- diagnose ------------------------------------------------------------------------------------
+
+
+def test_diagnose_details_the_lock_holder(oc, oclock, run):
+    lock = oclock(oc, oc.install_key, "--spin")
+    result = run("diagnose", "--json", env=oc.env)
+    doc = json.loads(result.stdout)
+    assert result.exit_code == 4
+    (details,) = [h for h in doc["diagnosis"]["holders"] if h["pid"] == lock.pid]
+    assert details["cwd"] and details["parents"], details
+    assert details["fds"] is not None
+
+
+def test_live_holder_whose_heartbeat_stopped_stalls_a_new_instance_until_stale(oc, oclock, run):
+    """As measured with opencode 1.18.34: a run whose install hangs stops refreshing it."""
+    lock = oclock(oc, oc.install_key, "--spin")
+    backdate(lock.path, 45)
+    doc, code = check(run, oc)
+    got = only_lock(doc)
+    assert code == 4 and got["state"] == "held" and got["alive"] is True
+    assert 14 <= got["wait_s"] <= 16
+    assert "would stall ~15 s until it is stale (unless refreshed)" in doc["reason"]
