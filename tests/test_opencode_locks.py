@@ -150,10 +150,8 @@ def test_install_lock_held_by_a_live_heartbeating_process_is_busy(oc, oclock, ru
     assert code == 4 and doc["verdict"] == "busy"
     assert doc["reason"].startswith(f"pid {lock.pid} (")
     assert "has held opencode's package install lock for " in doc["reason"]
-    assert (
-        'waits for it while its heartbeat stays fresh, up to 5 min, then fails "Timed out waiting for lock: npm-install:'
-        in (doc["reason"])
-    )
+    assert "waits for it while its heartbeat stays fresh, up to 5 min, then fails" in doc["reason"]
+    assert '"Timed out waiting for lock: npm-install:' in doc["reason"]
     got = only_lock(doc)
     assert got["path"] == str(lock.path) and got["key"] == oc.install_key
     assert (got["state"], got["alive"], got["blocks"], got["wait_s"]) == ("held", True, True, None)
