@@ -20,7 +20,8 @@ EXIT_CODES_HELP = """\b
 Exit codes:
   0  clear   no other process holds the database or its side files
   3  shared  others have it open, but hold no lock a new instance needs
-  4  busy    a lock a new instance needs persisted across the window
+  4  busy    a lock a new instance needs is held (SQLite's, persisting
+             across the window, or one of opencode's lock directories)
   5  stuck   as busy, and the holder made no progress: waiting won't help
   6  error   cannot judge (not a SQLite database, unreadable, ...)
   2  usage error; 1 an internal error of sqlprobe (a bug: please report it)
@@ -142,11 +143,13 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Show the version and exit.",
 )
 def cli() -> None:
-    """Would a new opencode instance block on its SQLite database, and on whom?
+    """Would a new opencode instance block, on whom, and for how long?
 
-    sqlprobe finds every process that holds the database and its -wal/-shm/-journal files,
-    decodes their POSIX locks into SQLite's terms, and answers with an exit code. It never
-    writes to the database, never creates a file beside it and never takes a lock.
+    sqlprobe looks at opencode's data, state and config: every process that holds its SQLite
+    database and the -wal/-shm/-journal files (their POSIX locks decoded into SQLite's terms),
+    opencode's own lock directories ($XDG_STATE_HOME/opencode/locks) and who holds them, and
+    git locks left in its snapshot repos; it answers with an exit code. It never writes to
+    any of them, never creates a file beside them and never takes a lock.
     """
 
 
@@ -249,12 +252,17 @@ def check(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Say whether a new instance would start now, or block, and on which process.
+    """Say whether a new instance would start now, or block, on which process, for how long.
 
     PATH is an opencode data dir (its opencode.db and opencode-*.db are checked), or a
     database file. Without PATH: $OPENCODE_DB if set (relative to the data dir), else
     $XDG_DATA_HOME/opencode, else ~/.local/share/opencode. A PATH that does not exist is
     clear: a new instance would create the database.
+
+    For opencode's own data (no PATH, or PATH is its data dir or database), opencode's lock
+    directories are judged too ($XDG_STATE_HOME/opencode/locks, else
+    ~/.local/state/opencode/locks): a lock that a start-up of the opencode on PATH takes,
+    held by a live process or left behind by a killed one, blocks a new instance.
 
     It also reads the database, -wal and -shm headers (WAL frames not yet checkpointed, the
     state of the WAL index, a hot journal) and, where that is safe, opens the database

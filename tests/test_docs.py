@@ -59,8 +59,30 @@ def _keys(value: object, prefix: str = "") -> set[str]:
 def test_readme_json_example_matches_a_real_document(wal_db, holder, run):
     holder(wal_db, "wal-write", "--spin")
     real = json.loads(run("check", wal_db, "--json").stdout)
-    (example,) = (json.loads(b) for b in _code_blocks("json"))
+    example, _ = (json.loads(b) for b in _code_blocks("json"))
     assert _keys(example) == _keys(real)
+
+
+def test_readme_opencode_json_example_matches_a_real_document(tmp_path, run):
+    """The second example: opencode's locks, from a real lock holder and a left git lock."""
+    from test_opencode_locks import OcEnv, backdate
+
+    oc = OcEnv(tmp_path)
+    oc.install_opencode("1.18.34")
+    path = oc.lock_dir(oc.install_key)
+    path.mkdir()
+    (path / "heartbeat").touch()
+    meta = {"token": "t", "pid": 1, "hostname": "x", "createdAt": "2026-01-01T00:00:00Z"}
+    (path / "meta.json").write_text(json.dumps(meta))
+    backdate(path, 1)
+    repo = oc.data / "snapshot" / "p" / "w"
+    repo.mkdir(parents=True)
+    (repo / "index.lock").touch()
+    real = json.loads(run("check", "--json", env=oc.env).stdout)
+    _, example = (json.loads(b) for b in _code_blocks("json"))
+    real_part = {k: real[k] for k in example}
+    real_part["opencode"]["zombie_children"] = [{"parent": 1, "pid": 2, "command": "[git]"}]
+    assert _keys(example) == _keys(real_part)
 
 
 def test_readme_json_field_table_covers_every_top_level_and_database_field(wal_db, run):
