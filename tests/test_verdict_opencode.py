@@ -1,0 +1,89 @@
+"""The opencode lock judge on values (pure): what each state means, and the waiting inference."""
+
+from __future__ import annotations
+
+from sqlprobe.model import (
+    DatabaseSnapshot,
+    Holder,
+    LockDir,
+    LockMeta,
+    LockOwner,
+    OpencodeState,
+    Snapshot,
+)
+from sqlprobe.opencode.flock import dir_name, startup_keys
+from sqlprobe.opencode.paths import Dirs
+from sqlprobe.verdict import State, judge
+from sqlprobe.verdict_opencode import judge_opencode, likely_lock_waiters
+
+NOW = 1_800_000_000.0
+CONFIG = "/home/me/.config/opencode"
+KEY = f"npm-install:{CONFIG}"
+
+
+def state(*locks: LockDir, owners: tuple[LockOwner, ...] = (), version: str | None = None):
+    return OpencodeState(
+        state_dir="/home/me/.local/state/opencode",
+        locks_dir="/home/me/.local/state/opencode/locks",
+        config_dir=CONFIG,
+        data_dir="/home/me/.local/share/opencode",
+        home="/home/me",
+        hostname="here",
+        now=NOW,
+        locks=locks,
+        owners=owners,
+        version=version,
+    )
+
+
+def lock(age: float, pid: int | None = 42, key: str | None = KEY, host: str = "here") -> LockDir:
+    meta = LockMeta("t", pid, host, NOW - age) if pid else None
+    path = f"/home/me/.local/state/opencode/locks/{dir_name(key or 'x')}"
+    return LockDir(path, key, meta, None, NOW - age, NOW - age, NOW - age, None)
+
+
+def test_versions_before_the_install_lock_take_no_key_at_start_up():
+    dirs = Dirs("", "", CONFIG, "", "/home/me")
+    assert startup_keys("1.15.13", dirs) == ()
+    assert startup_keys("1.18.34", dirs) == (KEY,)
+    assert startup_keys(None, dirs) == (KEY,), "unknown: assume the newest checked"
+
+
+def test_left_behind_lock_blocks_for_the_time_until_stale():
+    v = judge_opencode(state(lock(19), owners=(LockOwner(42, False, "no such process"),)))
+    (got,) = v.locks
+    assert (got.state, got.blocks, got.wait_s, got.verdict) == (
+        "left-behind",
+        True,
+        41.0,
+        State.BUSY,
+    )
+
+
+def test_the_same_held_lock_does_not_block_a_version_that_never_takes_it():
+    owners = (LockOwner(42, True, None, command="opencode run"),)
+    v = judge_opencode(state(lock(3), owners=owners, version="1.15.13"))
+    (got,) = v.locks
+    assert got.state == "held" and not got.blocks and got.reason in v.warnings
+
+
+def test_lock_outranks_a_shared_database_and_names_the_reason():
+    owners = (LockOwner(42, True, None, command="opencode run"),)
+    db = DatabaseSnapshot(
+        "/d/opencode.db", True, holders=(Holder(7, "opencode", 0, "me", (), 9.0),)
+    )
+    snap = Snapshot("/d", (db,), 0.3, opencode=state(lock(3), owners=owners))
+    verdict = judge(snap)
+    assert verdict.state is State.BUSY and verdict.reason.startswith("pid 42 (opencode run)")
+
+
+def test_an_opencode_process_without_a_lock_is_likely_waiting_on_it():
+    owners = (LockOwner(42, True, None, command="opencode run"),)
+    waiting = Holder(7, "/usr/bin/opencode run hi", 0, "me", (), 30.0)
+    young = Holder(8, "opencode run", 0, "me", (), 1.0)
+    other = Holder(9, "python app.py", 0, "me", (), 30.0)
+    db = DatabaseSnapshot("/d/opencode.db", True, holders=(waiting, young, other))
+    oc = state(lock(3), owners=owners)
+    snap = Snapshot("/d", (db,), 0.3, opencode=oc)
+    likely = likely_lock_waiters(snap, judge_opencode(oc))
+    assert set(likely) == {7}
