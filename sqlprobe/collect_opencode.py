@@ -65,6 +65,7 @@ def read(proc: ProcFS, where: Dirs) -> OpencodeState:
         locks_dir=where.locks,
         config_dir=where.config,
         data_dir=where.data,
+        cache_dir=where.cache,
         home=where.home,
         hostname=hostname,
         now=now,

@@ -388,6 +388,7 @@ class OpencodeState(NamedTuple):
     locks_dir: str
     config_dir: str
     data_dir: str
+    cache_dir: str
     home: str
     hostname: str  # this host's name, as opencode writes it into meta.json
     now: float  # epoch seconds when the lock directories were read

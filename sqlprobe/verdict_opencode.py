@@ -54,7 +54,7 @@ class OpencodeVerdict(NamedTuple):
 
 
 def judge_opencode(state: OpencodeState) -> OpencodeVerdict:
-    dirs = Dirs(state.data_dir, state.state_dir, state.config_dir, "", state.home)
+    dirs = Dirs(state.data_dir, state.state_dir, state.config_dir, state.cache_dir, state.home)
     startup = flock.startup_keys(state.version, dirs)
     verdicts = tuple(judge_lock(lock, state, startup) for lock in state.locks)
     warnings = [v.reason for v in verdicts if not v.blocks]

@@ -298,7 +298,8 @@ def test_version_comes_from_the_package_json_beside_the_binary_never_run(oc, ocl
     doc, _ = check(run, oc)
     assert doc["opencode"]["version"] == "1.18.34"
     assert doc["opencode"]["version_source"].endswith("opencode-linux-x64/package.json")
-    assert doc["opencode"]["startup_keys"] == [oc.install_key]
+    models = f"models-dev:{oc.cache / 'models.json'}"
+    assert doc["opencode"]["startup_keys"] == [oc.install_key, models]
 
 
 # -- what cannot be read ---------------------------------------------------------------------------
@@ -505,3 +506,10 @@ def test_live_holder_whose_heartbeat_stopped_stalls_a_new_instance_until_stale(o
     assert code == 4 and got["state"] == "held" and got["alive"] is True
     assert 14 <= got["wait_s"] <= 16
     assert "would stall ~15 s until it is stale (unless refreshed)" in doc["reason"]
+
+
+def test_model_catalogue_lock_is_a_start_up_key_too(oc, oclock, run):
+    lock = oclock(oc, f"models-dev:{oc.cache / 'models.json'}", "--spin")
+    doc, code = check(run, oc)
+    assert code == 4 and f"pid {lock.pid}" in doc["reason"]
+    assert "opencode's model catalogue lock for " in doc["reason"]

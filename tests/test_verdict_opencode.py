@@ -27,6 +27,7 @@ def state(*locks: LockDir, owners: tuple[LockOwner, ...] = (), version: str | No
         locks_dir="/home/me/.local/state/opencode/locks",
         config_dir=CONFIG,
         data_dir="/home/me/.local/share/opencode",
+        cache_dir="/home/me/.cache/opencode",
         home="/home/me",
         hostname="here",
         now=NOW,
@@ -42,11 +43,12 @@ def lock(age: float, pid: int | None = 42, key: str | None = KEY, host: str = "h
     return LockDir(path, key, meta, None, NOW - age, NOW - age, NOW - age, None)
 
 
-def test_versions_before_the_install_lock_take_no_key_at_start_up():
-    dirs = Dirs("", "", CONFIG, "", "/home/me")
-    assert startup_keys("1.15.13", dirs) == ()
-    assert startup_keys("1.18.34", dirs) == (KEY,)
-    assert startup_keys(None, dirs) == (KEY,), "unknown: assume the newest checked"
+def test_versions_before_the_lock_directories_take_no_key_at_start_up():
+    dirs = Dirs("", "", CONFIG, "/c", "/home/me")
+    both = (KEY, "models-dev:/c/models.json")
+    assert startup_keys("1.3.2", dirs) == ()
+    assert startup_keys("1.14.34", dirs) == startup_keys("1.18.34", dirs) == both
+    assert startup_keys(None, dirs) == both, "unknown: assume the newest checked"
 
 
 def test_left_behind_lock_blocks_for_the_time_until_stale():
@@ -62,7 +64,7 @@ def test_left_behind_lock_blocks_for_the_time_until_stale():
 
 def test_the_same_held_lock_does_not_block_a_version_that_never_takes_it():
     owners = (LockOwner(42, True, None, command="opencode run"),)
-    v = judge_opencode(state(lock(3), owners=owners, version="1.15.13"))
+    v = judge_opencode(state(lock(3), owners=owners, version="1.3.2"))
     (got,) = v.locks
     assert got.state == "held" and not got.blocks and got.reason in v.warnings
 

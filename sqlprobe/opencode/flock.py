@@ -87,10 +87,12 @@ def candidate_keys(dirs: Dirs) -> dict[str, str]:
     `npm-install:<config dir>` (plugins of opencode.json), `npm-install:<cache>/packages/<spec>`
     for every package cache entry (a scoped spec is one more level deep), and
     `plug-config:<config dir>/opencode` and `.../tui` (`opencode plugin` patching the global
-    config). Listing the package cache is bounded by MAX_LOCKS entries.
+    config), `models-dev:<cache>/models.json` (refreshing the models.dev catalogue). Listing
+    the package cache is bounded by MAX_LOCKS entries.
     """
     keys = [
         f"npm-install:{dirs.config}",
+        f"models-dev:{os.path.join(dirs.cache, 'models.json')}",
         f"plug-config:{os.path.join(dirs.config, 'opencode')}",
         f"plug-config:{os.path.join(dirs.config, 'tui')}",
     ]
@@ -118,6 +120,8 @@ def key_words(key: str | None, home: str) -> str:
     what = tildify(what, home)
     if kind == "npm-install":
         return f"opencode's package install lock for {what}"
+    if kind == "models-dev":
+        return f"opencode's model catalogue lock for {what}"
     if kind == "plug-config":
         return f"opencode's plugin config lock for {what}"
     if kind == "repo-clone":
@@ -129,9 +133,11 @@ def key_words(key: str | None, home: str) -> str:
 
 # (first version, key templates taken by every start-up of `opencode run` from that version on),
 # oldest first. Established per release with strace and real runs (README, "opencode's locks").
+# 1.3.2 has no lock directories at all; 1.14.34, 1.15.13, 1.17.0, 1.17.19, 1.18.3, 1.18.33 and
+# 1.18.34 each take both keys below at every start-up (the registry has no release in between).
 STARTUP: tuple[tuple[tuple[int, ...], tuple[str, ...]], ...] = (
     ((0,), ()),
-    ((1, 16, 0), ("npm-install:{config}",)),
+    ((1, 3, 3), ("npm-install:{config}", "models-dev:{cache}/models.json")),
 )
 # The newest release that the table was checked against: a newer one is assumed to behave alike.
 CHECKED_UP_TO = (1, 18, 34)
@@ -156,7 +162,7 @@ def startup_keys(version: str | None, dirs: Dirs) -> tuple[str, ...]:
     for first, keys in STARTUP:
         if parsed >= first:
             templates = keys
-    return tuple(t.format(config=dirs.config) for t in templates)
+    return tuple(t.format(config=dirs.config, cache=dirs.cache) for t in templates)
 
 
 def version_note(version: str | None) -> str | None:
