@@ -95,7 +95,9 @@ def finish(
     """After the window: the owners' samples, zombie children, the version a new instance runs."""
     holders = list(holders)
     looked_at = [*holders, *(o.pid for o in state.owners if o.alive)]
-    version, source = which_opencode(proc, env, [*(o.pid for o in state.owners), *holders])
+    version = source = None
+    if state.locks:  # the version only decides what a lock means
+        version, source = which_opencode(proc, env, [*(o.pid for o in state.owners), *holders])
     return state._replace(
         observations=observations,
         zombies=zombies(proc, looked_at),

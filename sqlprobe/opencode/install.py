@@ -7,7 +7,6 @@ the binary at `bin/opencode`) have their `package.json` one level above `bin/`.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from collections.abc import Mapping
@@ -54,6 +53,8 @@ def inspect(executable: str) -> Install:
 
 
 def _package_version(path: str) -> str | None:
+    import json  # only when there is a lock to judge: not on every check's path
+
     try:
         fd, st = open_regular(path)
     except CannotInspect:
