@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NOBODY, READY_TIMEOUT, make_db
+from conftest import NOBODY, READY_TIMEOUT, Holder, make_db
 
 from sqlprobe.opencode.flock import STALE_S, dir_name
 
@@ -66,35 +66,17 @@ class OcEnv:
         (self.bin / "opencode").symlink_to(exe)
 
 
-class LockHolder:
+class LockHolder(Holder):
+    """A running tests/oclock.py: stop() and end() as for a database holder."""
+
     def __init__(self, proc: subprocess.Popen[str], pid: int, path: Path) -> None:
-        self.proc, self.pid, self.path = proc, pid, path
+        super().__init__(proc)
+        self.pid, self.path = pid, path
 
     def kill(self) -> None:
         """SIGKILL, as `timeout -s KILL` would: the lock directory stays behind."""
         os.kill(self.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        os.kill(self.pid, signal.SIGSTOP)
-        deadline = time.monotonic() + 10
-        while _state(self.pid) != "T":
-            assert time.monotonic() < deadline, "lock holder did not stop"
-            time.sleep(0.01)
-
-    def end(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.pid, signal.SIGCONT)
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream:
-                stream.close()
-
-
-def _state(pid: int) -> str:
-    data = Path(f"/proc/{pid}/stat").read_bytes()
-    return data[data.rindex(b")") + 2 :].split()[0].decode()
 
 
 @pytest.fixture
