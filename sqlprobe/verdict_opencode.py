@@ -121,6 +121,13 @@ def judge_lock(lock: LockDir, state: OpencodeState, startup: tuple[str, ...]) ->
     if alive is False:
         kind, wait = LEFT_BEHIND, until_stale
         meets = f"would stall ~{wait:.0f} s until it is stale, then break it"
+    elif (lock.key or "").startswith(flock.FROZEN_HEARTBEAT):
+        # opencode's install lock never refreshes its heartbeat: stale 60 s after it was taken.
+        kind, wait = HELD, until_stale
+        meets = (
+            f"would stall ~{wait:.0f} s until it is stale (this lock's heartbeat is never"
+            " refreshed), then break it while its holder still runs"
+        )
     elif age > flock.HEARTBEAT_S + HEARTBEAT_SLACK_S or (alive is None and not remote):
         # A holder that stopped refreshing its heartbeat (measured with 1.18.34: a run whose
         # install hangs), or no pid to look at: the lock turns stale unless refreshed again.

@@ -45,10 +45,9 @@ def lock(age: float, pid: int | None = 42, key: str | None = KEY, host: str = "h
 
 def test_versions_before_the_lock_directories_take_no_key_at_start_up():
     dirs = Dirs("", "", CONFIG, "/c", "/home/me")
-    both = (KEY, "models-dev:/c/models.json")
     assert startup_keys("1.3.2", dirs) == ()
-    assert startup_keys("1.14.34", dirs) == startup_keys("1.18.34", dirs) == both
-    assert startup_keys(None, dirs) == both, "unknown: assume the newest checked"
+    assert startup_keys("1.14.34", dirs) == startup_keys("1.18.34", dirs) == (KEY,)
+    assert startup_keys(None, dirs) == (KEY,), "unknown: assume the newest checked"
 
 
 def test_left_behind_lock_blocks_for_the_time_until_stale():

@@ -134,11 +134,16 @@ def key_words(key: str | None, home: str) -> str:
 # (first version, key templates taken by every start-up of `opencode run` from that version on),
 # oldest first. Established per release with strace and real runs (README, "opencode's locks").
 # 1.3.2 has no lock directories at all; 1.14.34, 1.15.13, 1.17.0, 1.17.19, 1.18.3, 1.18.33 and
-# 1.18.34 each take both keys below at every start-up (the registry has no release in between).
+# 1.18.34 each take `npm-install:<config dir>` at start-up, and wait for it when plugins are
+# configured (the registry has no release in between). They take `models-dev:<cache>/models.json`
+# too, but in the background: it never holds a run up, so it is not listed.
 STARTUP: tuple[tuple[tuple[int, ...], tuple[str, ...]], ...] = (
     ((0,), ()),
-    ((1, 3, 3), ("npm-install:{config}", "models-dev:{cache}/models.json")),
+    ((1, 3, 3), ("npm-install:{config}",)),
 )
+# Keys taken by EffectFlock, whose heartbeat rewrites the time it was taken (1.14.34-1.18.34):
+# such a lock looks stale 60 s after it was taken, live holder or not, and a waiter breaks it.
+FROZEN_HEARTBEAT = ("npm-install:",)
 # The newest release that the table was checked against: a newer one is assumed to behave alike.
 CHECKED_UP_TO = (1, 18, 34)
 
