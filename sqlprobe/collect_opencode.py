@@ -17,7 +17,7 @@ from .errors import AccessDenied, NoSuchProcess
 from .model import FileKey, IndexLock, LockDir, LockOwner, Observation, OpencodeState, ZombieChild
 from .opencode import flock, install
 from .opencode.paths import Dirs, dirs
-from .procfs import ProcFS, quietly, user_name
+from .procfs import ProcFS, quietly
 from .targets import MEMORY, OPENCODE_DB, default_target
 
 INDEX_LOCK = "index.lock"
@@ -119,18 +119,7 @@ def owner(proc: ProcFS, pid: int, created_at: float | None, boot: float | None) 
     started = boot + sample.start_ticks / proc.clock_ticks if boot is not None else None
     if started is not None and created_at is not None and started > created_at + START_SLACK_S:
         return LockOwner(pid, False, "pid reused: that process started after the lock was taken")
-    command = quietly(proc.cmdline, pid) or ""
-    uid = quietly(proc.uid, pid)
-    return LockOwner(
-        pid,
-        True,
-        None,
-        command=command,
-        uid=uid,
-        user=user_name(uid),
-        age_s=round(time.time() - started, 2) if started is not None else None,
-        exe=quietly(proc.exe, pid),
-    )
+    return LockOwner(pid, True, None, command=quietly(proc.cmdline, pid) or "")
 
 
 def which_opencode(
@@ -159,8 +148,8 @@ def index_locks(snapshots: str) -> list[tuple[str, float | None]]:
     """(path, mtime) of each `snapshot/<project>/<worktree>/index.lock` (git's O_EXCL lock)."""
     found = []
     looked = 0
-    for project in _listdir(snapshots):
-        for worktree in _listdir(os.path.join(snapshots, project)):
+    for project in flock.listdir(snapshots):
+        for worktree in flock.listdir(os.path.join(snapshots, project)):
             looked += 1
             if looked > MAX_SNAPSHOT_DIRS:
                 return found
@@ -189,48 +178,29 @@ def live_owners(state: OpencodeState) -> list[int]:
     pids = []
     for lock in state.locks:
         found = state.owner(lock.meta.pid if lock.meta else None)
-        if found and found.alive and _fresh(lock, state.now):
+        since = lock.fresh_since
+        if found and found.alive and (since is None or not flock.is_stale(since, state.now)):
             pids.append(found.pid)
     return sorted(set(pids))
-
-
-def _fresh(lock: LockDir, now: float) -> bool:
-    since = lock.fresh_since
-    return since is None or now - since <= flock.STALE_S
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return sorted(os.listdir(path))
-    except OSError:
-        return []
 
 
 def still_blocks(proc: ProcFS, lock: LockDir, state: str) -> bool:
     """A cheap second look at a lock that blocked (`state` held or left-behind, or a stale one
     kept by its breaker): True while it certainly still does; False means "look properly"."""
+    now = time.time()
     if state == "stale":
-        mtime = _mtime(lock.path + flock.BREAKER)
-        return mtime is not None and mtime == lock.breaker_mtime and not _expired(mtime)
-    meta = os.path.join(lock.path, "meta.json")
-    if _mtime(meta) != lock.meta_mtime:
+        breaker = flock.mtime(lock.path + flock.BREAKER)
+        return (
+            breaker is not None
+            and breaker == lock.breaker_mtime
+            and not flock.is_stale(breaker, now)
+        )
+    if flock.mtime(os.path.join(lock.path, "meta.json")) != lock.meta_mtime:
         return False  # gone, or taken anew
-    since = next(
-        (m for m in (_mtime(os.path.join(lock.path, "heartbeat")), lock.meta_mtime) if m), None
-    )
-    if since is None or _expired(since):
+    again = lock._replace(heartbeat_mtime=flock.mtime(os.path.join(lock.path, "heartbeat")))
+    since = again.fresh_since
+    if since is None or flock.is_stale(since, now):
         return False
     if state == "held" and lock.meta and lock.meta.pid:
         return os.path.exists(f"{proc.root}/{lock.meta.pid}")
     return True
-
-
-def _expired(mtime: float) -> bool:
-    return time.time() - mtime > flock.STALE_S
-
-
-def _mtime(path: str) -> float | None:
-    try:
-        return os.lstat(path).st_mtime
-    except OSError:
-        return None

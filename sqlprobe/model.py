@@ -335,7 +335,6 @@ class LockDir(NamedTuple):
     heartbeat_mtime: float | None
     meta_mtime: float | None
     breaker_mtime: float | None  # `<dir>.breaker`: an instance breaking it, or killed doing so
-    uid: int | None = None
     searchable: bool = True  # False: its files could not be stat()ed (another user's 0700 dir)
 
     @property
@@ -359,10 +358,6 @@ class LockOwner(NamedTuple):
     alive: bool  # that pid runs here, and it started no later than the lock was taken
     why: str | None  # when not alive: "no such process", "pid reused by a newer process"
     command: str = ""
-    uid: int | None = None
-    user: str | None = None
-    age_s: float | None = None
-    exe: str | None = None
 
 
 class IndexLock(NamedTuple):

@@ -87,7 +87,7 @@ def judge_lock(lock: LockDir, state: OpencodeState, startup: tuple[str, ...]) ->
         )
         return LockVerdict(**base, state=STALE, alive=None, blocks=False, wait_s=None,
                            stuck=None, verdict=State.CLEAR, reason=reason)  # fmt: skip
-    if age is None:
+    if since is None or age is None:
         reason = (
             f"{path}: {words}: {lock.problem or 'cannot be read'}; whether it blocks a new"
             " instance is unknown (run sqlprobe as its owner, or as root)"
@@ -96,12 +96,13 @@ def judge_lock(lock: LockDir, state: OpencodeState, startup: tuple[str, ...]) ->
                            stuck=None, verdict=State.CLEAR, reason=reason)  # fmt: skip
 
     who = _who(lock, state, remote)
-    if age > flock.STALE_S:
-        breaker = _breaker_age(lock, now)
-        if breaker is not None and breaker <= flock.STALE_S and needed:
-            wait = round(flock.STALE_S - breaker, 1)
+    if flock.is_stale(since, now):
+        breaker = lock.breaker_mtime
+        if breaker is not None and not flock.is_stale(breaker, now) and needed:
+            breaker_age = max(0.0, now - breaker)
+            wait = round(flock.STALE_S - breaker_age, 1)
             reason = (
-                f"{words} is stale, but {path}{flock.BREAKER} (left {breaker:.0f} s ago by an"
+                f"{words} is stale, but {path}{flock.BREAKER} (left {breaker_age:.0f} s ago by an"
                 " instance that was breaking it) keeps others from breaking it: a new instance"
                 f" would stall ~{wait:.0f} s until that is stale too, then break the lock"
             )
@@ -183,12 +184,6 @@ def _who(lock: LockDir, state: OpencodeState, remote: bool) -> str:
     if found.command:
         return f"pid {meta.pid} ({shorten(safe(found.command), COMMAND_WIDTH)})"
     return f"pid {meta.pid}"
-
-
-def _breaker_age(lock: LockDir, now: float) -> float | None:
-    if lock.breaker_mtime is None:
-        return None
-    return max(0.0, now - lock.breaker_mtime)
 
 
 def _index_lock_warnings(state: OpencodeState) -> list[str]:

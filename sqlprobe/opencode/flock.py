@@ -5,7 +5,9 @@ releases named in the README's table and checked with strace and real runs:
 
 - acquire: `mkdir <state>/locks/<sha1 hex of the key>.lock` (0700), then `heartbeat` (empty) and
   `meta.json` (`{"token", "pid", "hostname", "createdAt"}`), both created exclusively;
-- the holder touches `heartbeat` every STALE_S / 3 from its event loop;
+- the holder touches `heartbeat` every STALE_S / 3 from its event loop, but the install lock
+  (EffectFlock, `npm-install:` keys) sets it back to the time it was taken each time
+  (FROZEN_HEARTBEAT);
 - stale: now - mtime(heartbeat) > STALE_S (else meta.json's mtime, else the directory's); a
   waiter breaks a stale lock through `<dir>.breaker` (mkdir; one older than STALE_S is removed
   first, and the waiter tries again later);
@@ -97,15 +99,16 @@ def candidate_keys(dirs: Dirs) -> dict[str, str]:
         f"plug-config:{os.path.join(dirs.config, 'tui')}",
     ]
     packages = os.path.join(dirs.cache, "packages")
-    for entry in _listdir(packages)[:MAX_LOCKS]:
+    for entry in listdir(packages)[:MAX_LOCKS]:
         path = os.path.join(packages, entry)
         keys.append(f"npm-install:{path}")
         if entry.startswith("@"):
-            keys.extend(f"npm-install:{path}/{sub}" for sub in _listdir(path)[:MAX_LOCKS])
+            keys.extend(f"npm-install:{path}/{sub}" for sub in listdir(path)[:MAX_LOCKS])
     return {dir_name(key): key for key in keys}
 
 
-def _listdir(path: str) -> list[str]:
+def listdir(path: str) -> list[str]:
+    """The sorted entries of a directory; none when it cannot be listed."""
     try:
         return sorted(os.listdir(path))
     except OSError:
@@ -220,17 +223,23 @@ def read_locks(locks_dir: str, known_keys: Callable[[], dict[str, str]]) -> Lock
     return LocksRead(tuple(found), tuple(problems))
 
 
-def _mtime(path: str) -> float | None:
+def mtime(path: str) -> float | None:
+    """lstat()'s mtime of `path`, or None when it cannot be had (gone, or not searchable)."""
     try:
         return os.lstat(path).st_mtime
     except OSError:
         return None
 
 
+def is_stale(since: float, now: float) -> bool:
+    """opencode's stale rule: the mtime it looks at (LockDir.fresh_since) is over STALE_S old."""
+    return now - since > STALE_S
+
+
 def _read_one(locks_dir: str, name: str, keys: dict[str, str], breaker: bool) -> LockDir:
     path = os.path.join(locks_dir, name)
     key = keys.get(name)
-    breaker_mtime = _mtime(path + BREAKER) if breaker else None
+    breaker_mtime = mtime(path + BREAKER) if breaker else None
     try:
         st = os.lstat(path)
     except OSError:
@@ -259,10 +268,9 @@ def _read_one(locks_dir: str, name: str, keys: dict[str, str], breaker: bool) ->
         meta=meta,
         problem=problem,
         dir_mtime=st.st_mtime,
-        heartbeat_mtime=_mtime(heartbeat),
-        meta_mtime=_mtime(meta_path),
+        heartbeat_mtime=mtime(heartbeat),
+        meta_mtime=mtime(meta_path),
         breaker_mtime=breaker_mtime,
-        uid=st.st_uid,
         searchable=problem is None or not problem.startswith("permission"),
     )
 
