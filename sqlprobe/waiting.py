@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from .collect_opencode import still_blocks
+from .deadline import run_until
 from .effects import effective_mode, outcome
 from .layout import decode
 from .model import FileKind, Snapshot
@@ -65,7 +66,10 @@ def wait(
         # Cheap polls until something may have changed (or the time is up).
         while time.monotonic() < end:
             time.sleep(min(poll, max(0.0, end - time.monotonic())))
-            if not _still_held(proc, snapshot, until) and not _locks_still_block(proc, verdict):
+            budget = min(POLL_INTERVAL * 10, max(0.0, end - time.monotonic()))
+            if not _still_held(proc, snapshot, until) and not _locks_still_block(
+                proc, verdict, budget
+            ):
                 break
             if on_status:
                 on_status(verdict, time.monotonic() - started)
@@ -96,9 +100,16 @@ def _still_held(proc: ProcFS, snapshot: Snapshot, until: str) -> bool:
     return False
 
 
-def _locks_still_block(proc: ProcFS, verdict: Verdict) -> bool:
+def _locks_still_block(proc: ProcFS, verdict: Verdict, seconds: float) -> bool:
     """Whether an opencode lock that blocked still certainly does: the same lock directory (the
     same meta.json), still fresh by opencode's stale rule, and a held one's process still there.
-    A lock left behind stops blocking the moment it turns stale; nothing is deleted."""
+    A lock left behind stops blocking the moment it turns stale; nothing is deleted.
+
+    The lstat()s run in a thread given `seconds` (the state dir may be on a hung filesystem);
+    no answer in time means "look properly", and the full check has its own deadline.
+    """
     blockers = verdict.opencode.blockers if verdict.opencode else ()
-    return any(still_blocks(proc, v.lock, v.state) for v in blockers)
+    if not blockers:
+        return False
+    job = run_until(lambda: any(still_blocks(proc, v.lock, v.state) for v in blockers), seconds)
+    return job.done.is_set() and job.error is None and bool(job.value)
