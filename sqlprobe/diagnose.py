@@ -1,10 +1,11 @@
 """`sqlprobe diagnose`: what a person would otherwise gather by hand about each holder.
 
 Given a snapshot, collects per holder: every open descriptor, the kernel stack where readable,
-the cwd, the parent chain, the environment variables that decide where opencode keeps its data,
-and for an opencode holder the log file it has open under `<data dir>/log/` with its last lines.
-Also the filesystem the database lives on, with a warning where POSIX locks are unreliable.
-Reads only /proc (procfs.py) and, read-only, the holders' log files.
+the cwd, the parent chain, the environment variables that decide where opencode keeps its data
+(secrets redacted as they are read), and for an opencode holder the log file it has open under
+`<data dir>/log/` with its last lines. Also the filesystem the database lives on, with a warning
+where POSIX locks are unreliable. Reads only /proc (procfs.py) and, read-only, the holders' log
+files.
 """
 
 from __future__ import annotations
@@ -18,11 +19,22 @@ from .errors import AccessDenied, CannotInspect, NoSuchProcess
 from .files import describe, open_regular, pread_at_most
 from .model import Snapshot
 from .procfs import DELETED_SUFFIX, Mount, ProcFS
+from .text import looks_secret
 
 T = TypeVar("T")
 
 ENV_PREFIXES = ("OPENCODE_",)
-ENV_NAMES = ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "HOME")
+# opencode's data, state, config and cache dirs (xdg-basedir), and the home they default under.
+ENV_NAMES = ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "HOME")
+# Of those, the ones whose value is a path, shown as it is: every ENV_NAMES, OPENCODE_DB and
+# OPENCODE_CONFIG, and an OPENCODE_* named like a path (OPENCODE_CONFIG_DIR,
+# OPENCODE_GIT_BASH_PATH, OPENCODE_MODELS_PATH).
+ENV_PATHS = (*ENV_NAMES, "OPENCODE_DB", "OPENCODE_CONFIG")
+ENV_PATH_SUFFIXES = ("_DIR", "_PATH", "_HOME", "_FILE")
+# A flag as opencode's `truthy` reads it (flag.ts: "true" or "1"), and its opposite.
+ENV_FLAG_VALUES = ("1", "0", "true", "false")
+ENV_REDACTED = "(set, redacted)"  # a secret: never shown
+ENV_HIDDEN = "(set)"  # any other value that is neither a path nor a flag
 LOG_LINES = 5
 LOG_TAIL_BYTES = 16384
 PARENT_DEPTH = 8
@@ -147,8 +159,35 @@ def is_log_of(path: str, data_dir: str) -> bool:
 
 
 def opencode_environment(env: dict[str, str]) -> dict[str, str]:
-    """The variables that decide where opencode keeps its data."""
-    return {k: v for k, v in sorted(env.items()) if k in ENV_NAMES or k.startswith(ENV_PREFIXES)}
+    """The variables that decide where opencode keeps its data and how it runs, name -> what
+    may be shown of the value: a path, a flag, else `(set)`; a secret is `(set, redacted)`.
+
+    Redacted here, not when printing: a holder's secrets never reach the report's records.
+    """
+    return {
+        k: _shown(k, v)
+        for k, v in sorted(env.items())
+        if k in ENV_NAMES or k.startswith(ENV_PREFIXES)
+    }
+
+
+def _shown(name: str, value: str) -> str:
+    if looks_secret(name):  # before the path rule: OPENCODE_AUTH_PATH is redacted
+        return ENV_REDACTED
+    if name in ENV_PATHS or name.endswith(ENV_PATH_SUFFIXES):
+        return value if looks_like_path(value) else ENV_HIDDEN
+    return value if value.lower() in ENV_FLAG_VALUES else ENV_HIDDEN
+
+
+def looks_like_path(value: str) -> bool:
+    """Not inline content put where a path goes (`OPENCODE_CONFIG='{"apiKey": …}'`), nor a URL,
+    which can carry a password."""
+    return (
+        "\n" not in value
+        and "://" not in value
+        and not value.lstrip().startswith(("{", "["))
+        and len(value) <= 4096  # PATH_MAX
+    )
 
 
 def _log(proc: ProcFS, pid: int, fd: int, path: str) -> LogFile:

@@ -17,6 +17,7 @@ from typing import NamedTuple, TypeVar
 from .access import Credentials, Gate, ruled_out
 from .errors import AccessDenied, NoSuchProcess
 from .model import ByteRange, FileKey, LockLine, ProcSample, ThreadSample
+from .text import redact_command
 
 DELETED_SUFFIX = " (deleted)"
 # The descriptor scan is split across this many processes (at most one per CPU) once there are
@@ -485,7 +486,8 @@ class ProcFS:
             return f.read()
 
     def cmdline(self, pid: int) -> str:
-        command = parse_cmdline(self._read(pid, "cmdline"))
+        # Redacted as it is read (`--password X`): no report, text or JSON, carries it.
+        command = redact_command(parse_cmdline(self._read(pid, "cmdline")))
         if not command:  # kernel thread or zombie: fall back to the name in stat, as ps does
             data = self._read(pid, "stat")
             command = (

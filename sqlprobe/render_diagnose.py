@@ -88,7 +88,8 @@ def diagnosis_text(
             chain = " <- ".join(f"{pid} ({safe(command)[:40]})" for pid, command in h.parents)
             out.append(f"  parents: {chain}")
         if h.environment is not None:
-            env = " ".join(f"{k}={safe(v)}" for k, v in h.environment.items()) or "(none set)"
+            pairs = (f"{safe(k)}={safe(v)}" for k, v in h.environment.items())
+            env = " ".join(pairs) or "(none set)"
             out.append(f"  environment: {env}")
         for log in h.logs:
             if log.error:

@@ -1,20 +1,65 @@
-"""Making text from other processes safe to print: no control characters, bounded length."""
+"""Making text from other processes safe to print: no control characters, no secrets, bounded
+length."""
 
 from __future__ import annotations
 
 import re
 
 # C0 and C1 controls and DEL: an escape sequence in a command line must not reach a terminal.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Bidi controls (Unicode TR9: LRE..RLO, LRI..PDI, LRM, RLM, ALM) and the line and paragraph
+# separators: a log line or a file name must not reorder or break what is printed after it
+# (CVE-2021-42574, "Trojan Source").
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+# What makes a name (of a variable, of an option) look like it holds a secret.
+SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
+REDACTED = "(redacted)"
+# `NAME=value` (an assignment in `sh -c`, an `--option=value`, a URL's query) and
+# `--option value`; the name is judged by `looks_secret`, not in the pattern, which keeps the
+# match linear on a long argument. A quoted value counts as one.
+_VALUE = r"""(?:"[^"]*"?|'[^']*'?|[^\s"']\S*)"""
+_ASSIGNED = re.compile(rf"(?<![^\s'\"?&;])([\w.-]+)=({_VALUE}?)")
+_OPTION = re.compile(rf"(?<!\S)(--[\w.-]+)(\s+)(?!-)({_VALUE})")
 
 
 def safe(text: str) -> str:
-    """`text` with every control character shown as a visible escape (`\\x1b`, `\\n`).
+    """`text` with every control character shown as a visible escape (`\\x1b`, `\\n`,
+    `\\u202e`).
 
     Bytes of a file name that are not UTF-8 (surrogate-escaped by Python) are shown as `\\xff`.
     """
     text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return repr(char)[1:-1] if char < "\xa0" else f"\\u{ord(char):04x}"
+
+
+def looks_secret(name: str) -> bool:
+    """Whether a variable's or an option's name says it holds a secret (`OPENCODE_API_KEY`)."""
+    upper = name.upper()
+    return any(word in upper for word in SECRET_WORDS)
+
+
+def redact_command(command: str) -> str:
+    """`command` (argv joined by spaces) with the values of secret-looking options and
+    assignments replaced: `--password X`, `--api-key=X`, `OPENAI_API_KEY=X`.
+
+    Best effort: a secret passed any other way (a positional argument, a short option like
+    `-p X`) is printed as it is.
+    """
+    command = _ASSIGNED.sub(_redact_assigned, command)
+    return _OPTION.sub(_redact_option, command)
+
+
+def _redact_assigned(m: re.Match[str]) -> str:
+    return f"{m.group(1)}={REDACTED}" if looks_secret(m.group(1)) else m.group()
+
+
+def _redact_option(m: re.Match[str]) -> str:
+    return f"{m.group(1)}{m.group(2)}{REDACTED}" if looks_secret(m.group(1)) else m.group()
 
 
 def shorten(text: str, width: int) -> str:
