@@ -192,13 +192,23 @@ def _read_scan(pipe: int) -> FdScan:
     return scan
 
 
+UNKNOWN_DEVICE = -1  # fd_key's device for a file on a mount no mountinfo lists
+SQLPROBE_COMM = b"sqlprobe"  # /proc/PID/comm of sqlprobe's processes (deadline.py names them)
+
+
 class ProcFS:
     """Reader of one /proc tree (root injectable, so that tests can point it elsewhere)."""
 
     def __init__(self, root: str = "/proc") -> None:
         self.root = root
-        self.self_pid = os.getpid()
         self.clock_ticks = os.sysconf("SC_CLK_TCK")
+        self._mount_devs: dict[int, int] = {}  # mount id -> its device (mountinfo)
+        self._mountinfo_read: set[int | str] = set()
+
+    @property
+    def self_pid(self) -> int:
+        """This process: read each time, as a forked worker is another process."""
+        return os.getpid()
 
     # -- system-wide -------------------------------------------------------------------------
 
@@ -363,10 +373,62 @@ class ProcFS:
         return frozenset(keys)
 
     def fd_key(self, pid: int, fd: int) -> FileKey:
-        """(device, inode) of the file behind one descriptor of `pid`."""
-        with self._reading(pid, f"fd/{fd}"):
-            st = os.stat(f"{self.root}/{pid}/fd/{fd}")
-        return FileKey(st.st_dev, st.st_ino)
+        """(device, inode) of the file behind one descriptor of `pid`, from /proc/PID/fdinfo.
+
+        fdinfo is the kernel's record of the open file (its mount and inode): the file's
+        filesystem is never asked, where a stat of /proc/PID/fd/N asks it, and a hung FUSE or
+        NFS mount never answers, leaving the asking thread in an uninterruptible sleep. The
+        device is the mount's, as /proc/PID/mountinfo and /proc/locks give it (a btrfs
+        subvolume's st_dev differs: the caller compares with the same key of its own open
+        descriptors); UNKNOWN_DEVICE for a detached mount. Kernels before 5.14 print no inode
+        there: then the file is stat()ed.
+        """
+        info = self._read(pid, f"fdinfo/{fd}")
+        mount = ino = None
+        for line in info.splitlines():
+            if line.startswith(b"mnt_id:"):
+                mount = int(line.split()[1])
+            elif line.startswith(b"ino:"):
+                ino = int(line.split()[1])
+        if ino is None or mount is None:
+            with self._reading(pid, f"fd/{fd}"):
+                st = os.stat(f"{self.root}/{pid}/fd/{fd}")
+            return FileKey(st.st_dev, st.st_ino)
+        dev = self.mount_dev(mount, pid)
+        # A mount in no mountinfo is detached (umount -l): not where the database is.
+        return FileKey(UNKNOWN_DEVICE if dev is None else dev, ino)
+
+    def mount_dev(self, mount: int, pid: int) -> int | None:
+        """The device of mount `mount` (ids are unique across mount namespaces): from this
+        process's mountinfo, else from `pid`'s (a process in another mount namespace)."""
+        for where in ("self", pid):
+            if mount in self._mount_devs:
+                break
+            if where in self._mountinfo_read:
+                continue
+            self._mountinfo_read.add(where)
+            try:
+                with (
+                    self._reading(pid, "mountinfo"),
+                    open(f"{self.root}/{where}/mountinfo", "rb") as f,
+                ):
+                    text = f.read()
+            except (NoSuchProcess, AccessDenied):
+                continue
+            for line in text.splitlines():
+                fields = line.split(maxsplit=3)
+                if len(fields) >= 3 and b":" in fields[2]:
+                    major, _, minor = fields[2].partition(b":")
+                    self._mount_devs[int(fields[0])] = os.makedev(int(major), int(minor))
+        return self._mount_devs.get(mount)
+
+    def is_sqlprobe(self, pid: int) -> bool:
+        """Whether `pid` is a sqlprobe process (its console script, or one of its workers,
+        which name themselves so): its descriptors and locks are never a holder's."""
+        try:
+            return self._read(pid, "comm").rstrip(b"\n") == SQLPROBE_COMM
+        except (NoSuchProcess, AccessDenied):
+            return False
 
     def fd_locks(self, pid: int, fd: int) -> list[LockLine]:
         """The locks that /proc/PID/fdinfo/FD lists for this descriptor (same uid or root)."""

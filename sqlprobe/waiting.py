@@ -89,7 +89,7 @@ def _still_held(proc: ProcFS, snapshot: Snapshot, until: str) -> bool:
         locks = [
             lock
             for line in lines
-            if line.file in keys and line.pid != proc.self_pid
+            if line.file in keys and line.pid != proc.self_pid and not proc.is_sqlprobe(line.pid)
             for lock in decode(keys[line.file], line)
         ]
         if until == "clear" and locks:

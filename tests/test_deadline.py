@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -99,3 +100,85 @@ def test_a_window_within_the_timeout_is_not_cut(tmp_path, holder, check_json):
     assert code == 4
     assert doc["timeout"]["cut_short"] == [] and "cut short" not in doc["reason"]
     assert doc["window"]["seconds"] == 0.2
+
+
+# -- the worker process (deadline.run_until under the command line) -----------------------------
+
+
+@pytest.fixture
+def processes() -> Iterator[None]:
+    from sqlprobe import deadline
+
+    deadline.use_processes(True)
+    yield
+    deadline.use_processes(False)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_a_worker_that_overruns_is_killed_and_its_last_stage_is_known(processes):
+    from sqlprobe.deadline import Deadline, run_until
+
+    read_end, write_end = os.pipe()
+    stages = Deadline(None)
+
+    def work() -> None:
+        stages.stage = "reading something that never answers"
+        os.write(write_end, b"%d\n" % os.getpid())
+        time.sleep(60)
+
+    job = run_until(work, 0.5, deadline=stages)
+    os.close(write_end)
+    worker = int(os.read(read_end, 64))
+    os.close(read_end)
+    assert not job.done.is_set()
+    assert stages.stage == "reading something that never answers"  # sent up by the worker
+    end = time.monotonic() + 10
+    while _alive(worker):  # SIGKILLed at the deadline: gone at once
+        assert time.monotonic() < end, "the worker was not killed"
+        time.sleep(0.01)
+
+
+def test_a_workers_value_exception_and_descriptors_come_back(processes, tmp_path):
+    from sqlprobe.deadline import Handed, run_until, within
+
+    assert within(lambda: {"pid": os.getpid()}, 5, "x")["pid"] != os.getpid()
+    job = run_until(lambda: 1 / 0, 5)
+    with pytest.raises(ZeroDivisionError):
+        job.get()
+    (tmp_path / "f").write_text("handed over")
+    handed = within(
+        lambda: Handed("v", (os.open(tmp_path / "f", os.O_RDONLY),)), 5, "x", hands_fds=True
+    )
+    assert handed.value == "v"
+    assert os.read(handed.fds[0], 100) == b"handed over"  # a descriptor of this process now
+    os.close(handed.fds[0])
+
+
+def test_an_overrun_is_an_error_naming_the_step(processes):
+    from sqlprobe.deadline import Overrun, within
+
+    with pytest.raises(Overrun, match=r"no answer within 0\.2 s making the queue"):
+        within(lambda: time.sleep(60), 0.2, "making the queue")
+
+
+def test_a_worker_holds_neither_the_callers_output_nor_its_terminal(processes):
+    """`$(sqlprobe check)` reads to the end of the output: a worker stuck in the kernel past
+    the deadline (a hung FUSE request; tests/test_hangs.py) must not keep it open, and Ctrl-C
+    is its parent's to act on."""
+    from sqlprobe.deadline import within
+
+    def streams() -> tuple[list[str], object]:
+        return [os.readlink(f"/proc/self/fd/{fd}") for fd in (0, 1, 2)], signal.getsignal(
+            signal.SIGINT
+        )
+
+    links, sigint = within(streams, 5, "x")
+    assert links == ["/dev/null"] * 3
+    assert sigint == signal.SIG_IGN
