@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -12,7 +12,8 @@ from typing import Any, ClassVar, TypeVar
 
 import click
 
-from . import __version__
+from . import __version__, cli_io
+from .cli_io import OutputError, json_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -24,8 +25,52 @@ Exit codes:
              across the window, or one of opencode's lock directories)
   5  stuck   as busy, and the holder made no progress: waiting won't help
   6  error   cannot judge (not a SQLite database, unreadable, ...)
-  2  usage error; 1 an internal error of sqlprobe (a bug: please report it)
+  2  usage error; 1 an internal error of sqlprobe (a bug: please report it);
+  7  the output could not be written (a full disk); 130 interrupted (Ctrl-C)
 """
+
+
+class Seconds(click.FloatRange):
+    """A number of seconds from `low` to `high`, both finite. click's FloatRange alone lets
+    `nan` through (every comparison with it is false): a wait that never ends."""
+
+    name = "seconds"
+
+    def __init__(self, low: float, high: float) -> None:
+        super().__init__(low, high)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not self.min <= number <= self.max:  # false for nan too
+            self.fail(
+                f"{value} is not a number of seconds from {self.min:g} to {self.max:g}.", param, ctx
+            )
+        return number
+
+
+class PathArgument(click.ParamType):
+    """PATH as given (not click.Path: it would stat it in the main thread, which a hung
+    filesystem blocks before the deadline can help). An empty PATH is refused: the system
+    calls would take it for the current directory."""
+
+    name = "path"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value == "":
+            self.fail(
+                "an empty PATH names no file (leave it out for opencode's own database).",
+                param,
+                ctx,
+            )
+        return value
+
+
+def path_argument(func: F) -> F:
+    """The optional PATH of every command that looks at a database."""
+    return click.argument("path", type=PathArgument(), required=False, metavar="[PATH]")(func)
 
 
 def _guarded(func: F) -> F:
@@ -35,8 +80,8 @@ def _guarded(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
+        except (click.exceptions.Exit, click.ClickException, click.Abort, OutputError):
+            raise  # an OutputError is reported by main(): a full disk is not a bug
         except BrokenPipeError:
             # The reader went away (`sqlprobe check | head -1`): not an error worth a word.
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -151,18 +196,22 @@ def cli() -> None:
     git locks left in its snapshot repos; it answers with an exit code. It never writes to
     any of them, never creates a file beside them and never takes a lock.
     """
+    from .deadline import use_processes
+
+    # Work that may hang (a filesystem, SQLite) runs in children killed at the deadline: a
+    # thread stuck in the kernel would keep this process from exiting (deadline.py).
+    use_processes(True)
+    click.get_current_context().call_on_close(lambda: use_processes(False))
 
 
 def snapshot_options(func: F) -> F:
     """PATH and the options of taking a snapshot, shared by `check` and `diagnose`."""
     for option in reversed(
         [
-            # No click.Path for PATH: click would stat it in the main thread, which a hung
-            # filesystem blocks before the deadline can help.
-            click.argument("path", required=False, metavar="[PATH]"),
+            path_argument,
             click.option(
                 "--window",
-                type=click.FloatRange(0, 10),
+                type=Seconds(0, 10),
                 default=0.3,
                 show_default=True,
                 metavar="SECONDS",
@@ -171,7 +220,7 @@ def snapshot_options(func: F) -> F:
             ),
             click.option(
                 "--timeout",
-                type=click.FloatRange(0.1, 3600),
+                type=Seconds(0.1, 3600),
                 default=3.0,
                 show_default=True,
                 metavar="SECONDS",
@@ -180,7 +229,7 @@ def snapshot_options(func: F) -> F:
             ),
             click.option(
                 "--busy-timeout",
-                type=click.FloatRange(0, 10),
+                type=Seconds(0, 10),
                 default=0.1,
                 show_default=True,
                 metavar="SECONDS",
@@ -191,6 +240,12 @@ def snapshot_options(func: F) -> F:
                 is_flag=True,
                 help="Do not open the database with SQLite at all; read only /proc and the file "
                 "headers.",
+            ),
+            click.option(
+                "--probe-live",
+                is_flag=True,
+                help="Open it with SQLite (read-only) even while other processes hold it, in WAL "
+                "mode. Off by default: a read can make a writer's TRUNCATE checkpoint fail.",
             ),
             click.option(
                 "--thorough",
@@ -211,6 +266,7 @@ def _take(
     timeout: float,
     busy_timeout: float,
     no_probe: bool,
+    probe_live: bool,
     thorough: bool,
 ) -> tuple[Any, Any]:
     from .snapshot import check as take_snapshot
@@ -223,6 +279,7 @@ def _take(
         busy_timeout=busy_timeout,
         use_probe=not no_probe,
         thorough=thorough,
+        probe_live=probe_live,
     )
     verdict = judge(snapshot)
     click.get_current_context().meta["exit_code"] = int(verdict.exit_code)
@@ -234,8 +291,19 @@ def _report(snapshot: Any, verdict: Any) -> tuple[str, bool]:
     from .render import human
     from .targets import opencode_data_dir
 
-    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    color = _colored()
     return human(snapshot, verdict, _styler(color), opencode_data_dir(os.environ)), color
+
+
+def _colored() -> bool:
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def _one_line_error(snapshot: Any, verdict: Any) -> bool:
+    """Whether the report is only an error (on stderr, as `sqlprobe: error: ...`)."""
+    from .verdict import State
+
+    return verdict.state is State.ERROR and len(snapshot.databases) <= 1
 
 
 @cli.command()
@@ -248,6 +316,7 @@ def check(
     timeout: float,
     busy_timeout: float,
     no_probe: bool,
+    probe_live: bool,
     thorough: bool,
     as_json: bool,
     quiet: bool,
@@ -276,20 +345,16 @@ def check(
       sqlprobe check -q --timeout 1 app.db || echo "not clear: exit $?"
       sqlprobe check --thorough app.db     # also finds it open under another name
     """
-    from .verdict import State
-
     if as_json and quiet:
         raise click.UsageError("--json and --quiet cannot be used together")
-    snapshot, verdict = _take(path, window, timeout, busy_timeout, no_probe, thorough)
+    snapshot, verdict = _take(path, window, timeout, busy_timeout, no_probe, probe_live, thorough)
     if quiet:
         sys.exit(int(verdict.exit_code))
     from .render import to_json  # only needed when there is something to print
 
     if as_json:
-        import json
-
-        click.echo(json.dumps(to_json(snapshot, verdict), indent=2))
-    elif verdict.state is State.ERROR and len(snapshot.databases) <= 1:
+        click.echo(json_text(to_json(snapshot, verdict)))
+    elif _one_line_error(snapshot, verdict):
         click.echo(f"sqlprobe: error: {verdict.reason}", err=True)
     else:
         report, color = _report(snapshot, verdict)
@@ -307,6 +372,7 @@ def diagnose(
     timeout: float,
     busy_timeout: float,
     no_probe: bool,
+    probe_live: bool,
     thorough: bool,
     as_json: bool,
 ) -> None:
@@ -323,34 +389,41 @@ def diagnose(
       sqlprobe diagnose                    # opencode's default data dir
       sqlprobe diagnose ~/.local/share/opencode --json > diagnosis.json
     """
-    import json
     import time
 
     from .deadline import run_until
     from .diagnose import diagnose as gather
     from .render import to_json
     from .render_diagnose import diagnosis_json, diagnosis_text
+    from .text import seconds
     from .verdict_opencode import likely_lock_waiters
 
     started = time.monotonic()
-    snapshot, verdict = _take(path, window, timeout, busy_timeout, no_probe, thorough)
+    snapshot, verdict = _take(path, window, timeout, busy_timeout, no_probe, probe_live, thorough)
     job = run_until(lambda: gather(snapshot), timeout - (time.monotonic() - started))
     diagnosis = job.get() if job.done.is_set() else None
-    missing = f"no diagnosis: the {timeout:g} s timeout came first"
+    missing = f"no diagnosis: the {seconds(timeout)} s timeout came first"
     likely = likely_lock_waiters(snapshot, verdict.opencode)
     if as_json:
         doc = to_json(snapshot, verdict)
         doc["diagnosis"] = diagnosis_json(diagnosis, likely) if diagnosis else {"error": missing}
-        click.echo(json.dumps(doc, indent=2))
+        click.echo(json_text(doc))
     else:
-        report, color = _report(snapshot, verdict)
+        color = _colored()
+        parts = []
+        if _one_line_error(snapshot, verdict):
+            click.echo(f"sqlprobe: error: {verdict.reason}", err=True)  # as check says it
+        else:
+            parts.append(_report(snapshot, verdict)[0])
         home = snapshot.opencode.home if snapshot.opencode else ""
-        extra = (
+        parts.append(
             diagnosis_text(diagnosis, _styler(color), likely, home)
             if diagnosis
             else f"warning: {missing}"
         )
-        click.echo(f"{report}\n\n{extra}", color=color)
+        text = "\n\n".join(p for p in parts if p)
+        if text:
+            click.echo(text, color=color)
     sys.exit(int(verdict.exit_code))
 
 
@@ -366,17 +439,24 @@ def main() -> None:
     Leaves through os._exit once the output is flushed: tearing down the interpreter (every
     module, apsw's SQLite) costs ~7 ms, paid before every opencode run, and sqlprobe registers
     no exit handler that would need it. An abandoned deadline thread cannot delay the exit.
+    Closed standard streams, a stdout that cannot be written and Ctrl-C: cli_io.py.
     """
+    cli_io.prepare()
     try:
-        cli(prog_name="sqlprobe")
-        code: object = 0
-    except SystemExit as leaving:
-        code = leaving.code
-    if isinstance(code, str):
-        print(code, file=sys.stderr)
-        code = 1
-    for stream in (sys.stdout, sys.stderr):
-        # A reader that went away, or a closed stream: nothing more to say.
-        with contextlib.suppress(BrokenPipeError, ValueError):
-            stream.flush()
+        try:
+            cli(prog_name="sqlprobe")
+            code: object = 0
+        except SystemExit as leaving:
+            code = leaving.code
+        except OutputError as err:  # from a command, or from --help and --version
+            os._exit(cli_io.cannot_write(err))  # what is left unwritten stays so
+        if isinstance(code, str):
+            print(code, file=sys.stderr)
+            code = 1
+        try:
+            cli_io.flush()
+        except OutputError as err:
+            code = cli_io.cannot_write(err)
+    except cli_io.Interrupted:
+        os._exit(cli_io.EXIT_INTERRUPTED)  # the clean-ups ran on the way here; nothing to add
     os._exit(code if isinstance(code, int) else 0)

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
-from .cli import Command, _guarded
+from .cli import Command, Seconds, _guarded, path_argument
 
 EXIT_REFUSED_HELP = """\b
 Exit codes: the command's own once it runs; when sqlprobe refuses to run it, the
 state's code (3 shared, 4 busy, 5 stuck, 6 error); 126/127 when the command cannot be
-executed or is not found; 2 a usage error.
+executed or is not found; 130 when interrupted (Ctrl-C) before it runs; 2 a usage error.
 """
 
 
@@ -40,9 +42,9 @@ class _Status:
 
     def show(self, text: str) -> None:
         if self.live:
+            self.shown = True  # first: a Ctrl-C during the write must still clear it
             sys.stderr.write(f"\r\x1b[K{text}"[:300])
             sys.stderr.flush()
-            self.shown = True
 
     def clear(self) -> None:
         if self.shown:
@@ -87,10 +89,10 @@ _until = click.option(
 
 
 @click.command(cls=Command)
-@click.argument("path", required=False, metavar="[PATH]")
+@path_argument
 @click.option(
     "--timeout",
-    type=click.FloatRange(0, 86400),
+    type=Seconds(0, 86400),
     default=30.0,
     show_default=True,
     metavar="SECONDS",
@@ -112,21 +114,24 @@ def wait(path: str | None, timeout: float, until: str, quiet: bool) -> None:
       sqlprobe wait && opencode run "review this diff"
       sqlprobe wait --until clear --timeout 120 ~/.local/share/opencode
     """
+    from .text import seconds
     from .waiting import wait as wait_for
 
     status = _Status() if not quiet else None
-    result = wait_for(
-        path,
-        until=until,
-        timeout=timeout,
-        on_status=(lambda v, t: status.show(_waiting_on(v, t))) if status else None,
-    )
-    if status:
-        status.clear()
+    try:
+        result = wait_for(
+            path,
+            until=until,
+            timeout=timeout,
+            on_status=(lambda v, t: status.show(_waiting_on(v, t))) if status else None,
+        )
+    finally:  # Ctrl-C too: the terminal is left without the status line
+        if status:
+            status.clear()
     code = 0 if result.reached else int(result.verdict.exit_code)
     if not quiet and not result.reached:
         click.echo(
-            f"sqlprobe: still {result.verdict.state.value} after {timeout:g} s:"
+            f"sqlprobe: still {result.verdict.state.value} after {seconds(timeout)} s:"
             f" {result.verdict.reason}",
             err=True,
         )
@@ -134,11 +139,11 @@ def wait(path: str | None, timeout: float, until: str, quiet: bool) -> None:
 
 
 @click.command(cls=_CommandAfterDashes, epilog=EXIT_REFUSED_HELP)
-@click.argument("path", required=False, metavar="[PATH]")
+@path_argument
 @click.option(
     "--wait",
     "wait_s",
-    type=click.FloatRange(0, 86400),
+    type=Seconds(0, 86400),
     default=None,
     metavar="SECONDS",
     help="Wait up to this long for the database (and with --serialize, the queue) instead of"
@@ -187,6 +192,7 @@ def run(
       sqlprobe run --isolate -- opencode run "a throwaway session"
     """
     from . import running
+    from .text import seconds
 
     command = click.get_current_context().meta["command"]
     if not command:
@@ -195,28 +201,58 @@ def run(
         raise click.UsageError("--keep only goes with --isolate")
     if isolate and (serialize or allow):
         raise click.UsageError("--isolate has a database of its own: drop --serialize/--allow")
+    name = running.shown(command[0])
     status = _Status()
     if isolate:
         # Its own database, but not its own lock directory: opencode's locks still apply.
-        _preflight(path, "unblocked", wait_s, status, command[0], databases=False)
-        sys.exit(_run_isolated(command, keep))
+        _preflight(path, "unblocked", wait_s, status, name, databases=False)
+        with _refusing_on_overrun(name, status):
+            code = _run_isolated(command, keep)
+        sys.exit(code)
     until = "unblocked" if allow == "shared" else "clear"
     if serialize:
-        database = running.queue_database(path, os.environ)
-        lock = os.path.join(running.queue_dir(os.environ), running.queue_name(database))
-        fd = running.take_queue(
-            lock, wait_s, on_wait=lambda t: status.show(f"sqlprobe: queued {t:4.1f}s ({lock})")
-        )
+        from .text import safe
+        from .verdict import ExitCode
+
+        try:
+            with _refusing_on_overrun(name, status):
+                _lock, fd = running.take_queue(
+                    path,
+                    os.environ,
+                    wait_s,
+                    on_wait=lambda t: status.show(f"sqlprobe: queued {t:4.1f}s"),
+                    warn=lambda m: click.echo(f"sqlprobe: {safe(m)}", err=True),
+                )
+        except running.QueueError as err:
+            # Not a bug: a directory or file another user (or an old tool) left in the way.
+            status.clear()
+            click.echo(f"sqlprobe: {safe(str(err))}", err=True)
+            sys.exit(int(ExitCode.ERROR))
         status.clear()
         if fd is None:
             click.echo(
-                f"sqlprobe: not running {command[0]}: the queue was still taken after"
-                f" {wait_s:g} s (another `sqlprobe run --serialize` on this database)",
+                f"sqlprobe: not running {name}: the queue was still taken after"
+                f" {seconds(wait_s or 0)} s (another `sqlprobe run --serialize` on this database)",
                 err=True,
             )
             sys.exit(4)
-    _preflight(path, until, wait_s, status, command[0])
+    _preflight(path, until, wait_s, status, name)
     sys.exit(running.exec_command(command))
+
+
+@contextlib.contextmanager
+def _refusing_on_overrun(name: str, status: _Status) -> Iterator[None]:
+    """A step that touches the filesystem and overran its deadline: refuse with exit 6."""
+    from .deadline import Overrun
+    from .text import safe
+    from .verdict import ExitCode
+
+    try:
+        yield
+    except Overrun as err:
+        status.clear()
+        click.echo(f"sqlprobe: not running {name}: {safe(str(err))}", err=True)
+        sys.exit(int(ExitCode.ERROR))
 
 
 def _preflight(
@@ -237,14 +273,16 @@ def _preflight(
     from .waiting import wait as wait_for
 
     if wait_s:
-        result = wait_for(
-            path,
-            until=until,
-            timeout=wait_s,
-            on_status=lambda v, t: status.show(_waiting_on(v, t)),
-            databases=databases,
-        )
-        status.clear()
+        try:
+            result = wait_for(
+                path,
+                until=until,
+                timeout=wait_s,
+                on_status=lambda v, t: status.show(_waiting_on(v, t)),
+                databases=databases,
+            )
+        finally:  # Ctrl-C too
+            status.clear()
         verdict, reached = result.verdict, result.reached
     else:
         verdict = judge(check(path, databases=databases))
@@ -257,14 +295,20 @@ def _preflight(
 
 def _run_isolated(command: list[str], keep: bool) -> int:
     from . import running
+    from .text import shell_quote
 
     directory = running.isolated_dir()
-    database = os.path.join(directory, "opencode.db")
-    kept = "kept" if keep else "removed after the run (--keep keeps it)"
-    click.echo(f"sqlprobe: isolated run: OPENCODE_DB={shlex.quote(database)} ({kept})", err=True)
-    env = {**os.environ, "OPENCODE_DB": database}
     cleanup = (lambda: None) if keep else running.remove_tree(directory)
-    return running.run_child(command, env, cleanup)
+    try:
+        database = os.path.join(directory, "opencode.db")
+        kept = "kept" if keep else "removed after the run (--keep keeps it)"
+        click.echo(
+            f"sqlprobe: isolated run: OPENCODE_DB={shell_quote(database)} ({kept})", err=True
+        )
+        return running.run_child(command, {**os.environ, "OPENCODE_DB": database}, cleanup)
+    except BaseException:
+        cleanup()  # Ctrl-C before the command started (run_child cleans up once it has)
+        raise
 
 
 HOOKS = {
@@ -309,7 +353,7 @@ end
 @click.option(
     "--wait",
     "wait_s",
-    type=click.FloatRange(0, 86400),
+    type=Seconds(0, 86400),
     default=30.0,
     show_default=True,
     metavar="SECONDS",
@@ -334,7 +378,7 @@ def hook(shell: str, wait_s: float, serialize: bool, allow: str | None) -> None:
     """
     options = []
     if wait_s:
-        options += ["--wait", f"{wait_s:g}"]
+        options += ["--wait", f"{wait_s:.15g}"]  # as given: the wrapped runs parse it back
     if serialize:
         options.append("--serialize")
     if allow:
@@ -342,7 +386,7 @@ def hook(shell: str, wait_s: float, serialize: bool, allow: str | None) -> None:
     run_args = "".join(f" {shlex.quote(o)}" for o in options)
     given = []
     if wait_s != 30.0:
-        given += ["--wait", f"{wait_s:g}"]
+        given += ["--wait", f"{wait_s:.15g}"]
     given += ["--serialize"] if serialize else []
     given += ["--allow", allow] if allow else []
     args = "".join(f" {o}" for o in given)

@@ -78,3 +78,38 @@ def duration(seconds: float | None) -> str:
     if s < 86400:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def seconds(value: float) -> str:
+    """A number of seconds for a sentence ("the 1 s timeout"): to the hundredth, trailing zeros
+    dropped (a computed 0.999998 is 1); two significant digits below 0.1."""
+    if 0 < abs(value) < 0.1:
+        return f"{value:.2g}"
+    return f"{round(value, 2):.15g}"
+
+
+def shell_quote(text: str) -> str:
+    """`text` as one shell word to copy and paste: shlex.quote's, or bash's `$'...'` when it
+    holds a control character or a byte that is not UTF-8 (`$'a\\x1bb\\xff'`), so that neither
+    reaches the terminal raw."""
+    import shlex
+
+    try:
+        text.encode("utf-8")
+        plain = not _CONTROL.search(text)
+    except UnicodeEncodeError:
+        plain = False
+    if plain:
+        return shlex.quote(text)
+    return "$'" + "".join(_shell_char(c) for c in text) + "'"
+
+
+def _shell_char(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8, surrogate-escaped
+        return f"\\x{code - 0xDC00:02x}"
+    if char in "\\'":
+        return "\\" + char
+    if _CONTROL.match(char) or 0xD800 <= code <= 0xDFFF:
+        return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
+    return char
