@@ -18,20 +18,36 @@ from .model import FileKey
 
 _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
-_KINDS = (
-    (stat.S_ISDIR, "is a directory"),
-    (stat.S_ISFIFO, "is a FIFO, not a regular file"),
-    (stat.S_ISSOCK, "is a socket, not a regular file"),
-    (stat.S_ISCHR, "is a character device, not a regular file"),
-    (stat.S_ISBLK, "is a block device, not a regular file"),
+_TYPES = (
+    (stat.S_ISDIR, "directory"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISLNK, "symbolic link"),
 )
+DANGLING = "dangling symbolic link"
+
+
+def file_type(mode: int) -> str | None:
+    """What a file of this st_mode is ("FIFO", "directory", ...), or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _TYPES if test(mode)), "special file")
+
+
+def is_a(kind: str) -> str:
+    """The problem text for a file that is a `kind` (a file_type): "is a FIFO, not a regular
+    file"; a directory or a symbolic link is said as it is."""
+    if kind == "directory" or kind.endswith("symbolic link"):
+        return f"is a {kind}"
+    return f"is a {kind}, not a regular file"
 
 
 def not_regular(mode: int) -> str | None:
     """Why a file of this st_mode is not a regular file, or None when it is one."""
-    if stat.S_ISREG(mode):
-        return None
-    return next((why for test, why in _KINDS if test(mode)), "is not a regular file")
+    kind = file_type(mode)
+    return None if kind is None else is_a(kind)
 
 
 def describe(err: OSError) -> str:
@@ -58,11 +74,13 @@ def open_regular(path: str, avoid: Container[FileKey] = frozenset()) -> tuple[in
         st = os.lstat(path)
     except OSError as err:
         raise CannotInspect(path, describe(err)) from err
+    # Not a regular file comes first: such a file is an error even when this process has it
+    # open (its stdin, /dev/null), and is never opened.
     why = not_regular(st.st_mode)
+    if why:
+        raise CannotInspect(path, why)
     if FileKey(st.st_dev, st.st_ino) in avoid:
         raise OpenInThisProcess(path)
-    if why:
-        raise CannotInspect(path, "is a symbolic link" if os.path.islink(path) else why)
     try:
         fd = os.open(path, _FLAGS)
     except OSError as err:

@@ -123,6 +123,9 @@ class Observation(NamedTuple):
     # (waiter pid, holder pid) from every `->` line of /proc/locks, on any file; None when
     # /proc/locks was not read for this observation (then its waiters are unknown too).
     waits: tuple[tuple[int, int], ...] | None = None
+    # What a commit changes, read at this moment: the database header's change counter and the
+    # -shm's index header (mxFrame, its change counter). None when not read.
+    change: bytes | None = None
 
     def proc(self, pid: int | None) -> ProcSample | None:
         return next((p for p in self.procs if p.pid == pid), None)
@@ -146,6 +149,18 @@ class SideFile(NamedTuple):
     kind: FileKind
     path: str
     key: FileKey | None
+    # What it is when it exists but is not a regular file (files.file_type: "FIFO",
+    # "directory", "dangling symbolic link", ...): never opened then.
+    not_regular: str | None = None
+
+
+class OtherName(NamedTuple):
+    """The database open in a process under another path (a hard link, a bind mount of the
+    file): SQLite names the -wal and -shm after the path it opened."""
+
+    pid: int
+    path: str  # the path the process has the database open by
+    side_files: tuple[str, ...]  # that path's -wal and -shm it has open (not the database's)
 
 
 class DbHeader(NamedTuple):
@@ -291,6 +306,8 @@ class DatabaseSnapshot(NamedTuple):
     # (pid, file) of descriptors on a file of this database that was deleted while held open.
     deleted_open: tuple[tuple[int, FileKind], ...] = ()
     probe: Probe | None = None
+    links: int | None = None  # the database file's hard links (st_nlink); None when not opened
+    other_names: tuple[OtherName, ...] = ()  # processes that have it open by another path
 
     @property
     def hot_journal(self) -> bool:

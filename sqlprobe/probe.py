@@ -5,9 +5,14 @@ Opening a database with SQLite, even read-only, is not harmless, so:
   `immutable=1` when nobody holds the database (no locks, no side file touched); in WAL mode with
   live holders and both side files present, `mode=ro&readonly_shm=1` with a short busy timeout
   and SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE; otherwise skipped, with the reason.
+  Live holders get no probe at all unless asked (`live`): even a read-only reader in the WAL
+  makes a writer's `wal_checkpoint(TRUNCATE)` fail with SQLITE_BUSY while it reads.
 - `run` opens through a VFS that cannot create or delete a file: every open is read-only and
-  without O_CREAT, every delete is refused. (SQLite's own read-only open creates an empty -wal
-  when the -shm has vanished since the snapshot.)
+  without O_CREAT, every delete is refused, and a file that is not a regular one (a FIFO would
+  block the open) is refused. (SQLite's own read-only open creates an empty -wal when the -shm
+  has vanished since the snapshot.) As root, SQLite's unix VFS would fchown the -wal and -shm
+  to the database's owner on every open, changing their ctime (or owner): it is told that it
+  does not run as root.
 - It runs only after the snapshot has closed its raw descriptors: closing one of those would drop
   the probe connection's POSIX locks (sqlite-locking.md §4).
 """
@@ -15,6 +20,7 @@ Opening a database with SQLite, even read-only, is not harmless, so:
 from __future__ import annotations
 
 import os
+import stat
 import time
 from typing import Any
 from urllib.parse import quote
@@ -34,8 +40,15 @@ _SKIPPING_OUTCOMES = {
 }
 
 
-def plan(db: DatabaseSnapshot) -> tuple[str | None, str]:
-    """(how, why): the safe way to open `db` with SQLite, or (None, why not)."""
+def plan(db: DatabaseSnapshot, live: bool = False) -> tuple[str | None, str]:
+    """(how, why): the safe way to open `db` with SQLite, or (None, why not).
+
+    With live holders, a probe only when `live` (see the module's docstring).
+    """
+    if not _utf8(db.path):
+        return None, (
+            "the file name is not valid UTF-8, which SQLite's Python binding cannot pass on"
+        )
     if db.size == 0:
         return None, "the database file is empty: there is nothing to read"
     if db.deleted_open:
@@ -48,6 +61,11 @@ def plan(db: DatabaseSnapshot) -> tuple[str | None, str]:
     locks = db.observations[0].locks if db.observations else ()
     if not db.holders and not any(obs.locks for obs in db.observations):
         return IMMUTABLE, "nobody holds the database: opened immutable (no locks, no side files)"
+    if not live:
+        return None, (
+            "other processes hold it: a read, even read-only, can make a writer's"
+            " wal_checkpoint(TRUNCATE) fail with SQLITE_BUSY (--probe-live reads anyway)"
+        )
     mode = effective_mode(db.journal_mode, locks)
     if mode is not JournalMode.WAL:
         return None, (
@@ -65,6 +83,14 @@ def plan(db: DatabaseSnapshot) -> tuple[str | None, str]:
         if why:
             return None, why
     return READONLY_SHM, "live holders in WAL mode: opened mode=ro&readonly_shm=1"
+
+
+def _utf8(path: str) -> bool:
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def skipped(why: str) -> Probe:
@@ -101,6 +127,7 @@ def _open_and_read(path: str, how: str, busy_timeout: float) -> Probe:
     uri = f"file:{quote(os.fsencode(path), safe='/')}?{query}"
     conn = None
     try:
+        _not_root(_VFS[0], True)
         conn = apsw.Connection(uri, flags=flags, vfs=VFS_NAME)
         # Should this connection be the last to close, it must not checkpoint or delete the WAL.
         conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
@@ -118,6 +145,25 @@ def _open_and_read(path: str, how: str, busy_timeout: float) -> Probe:
     finally:
         if conn is not None:
             conn.close()
+        _not_root(_VFS[0], False)
+
+
+def _not_root(vfs: Any, on: bool) -> None:
+    """As root, make SQLite's unix VFS believe it is not (`on`), or undo it.
+
+    Its geteuid() decides whether it fchown()s the -wal and -shm on open: the system call is
+    swapped for getpid(), which never returns 0 here. Only SQLite's own (apsw's) system-call
+    table changes, and only while a probe opens the database.
+    """
+    if os.geteuid() != 0:
+        return
+    if on:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        vfs.xSetSystemCall("geteuid", ctypes.cast(libc.getpid, ctypes.c_void_p).value)
+    else:
+        vfs.xSetSystemCall("geteuid", 0)  # NULL: SQLite's own again
 
 
 def _one(conn: Any, sql: str) -> Any:
@@ -132,6 +178,19 @@ def _code_name(apsw: Any, err: Any) -> str:
     if not name:
         name = apsw.mapping_result_codes.get(getattr(err, "result", None), "SQLITE_ERROR")
     return name
+
+
+def _regular_or_absent(apsw: Any, path: str) -> None:
+    """Refuse a file that is not a regular one: SQLite's open() of a FIFO blocks (holding the
+    interpreter), and of a directory or device fails in ways that mislead."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise apsw.CantOpenError(f"{path}: {err.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise apsw.CantOpenError(f"{path} is not a regular file: not opened")
 
 
 _VFS: list[Any] = []  # registered once per process; SQLite keeps a reference by name
@@ -155,6 +214,13 @@ def _guard_vfs(apsw: Any) -> None:
                 | apsw.SQLITE_OPEN_EXCLUSIVE
             )
             flags[0] = (flags[0] & ~unsafe) | apsw.SQLITE_OPEN_READONLY
+            if isinstance(name, str):
+                _regular_or_absent(apsw, name)
+            elif name is not None:
+                # The database: its -shm is opened by SQLite's unix VFS directly, not here.
+                path = name.filename()
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    _regular_or_absent(apsw, path + suffix)
             return apsw.VFSFile("", name, flags)
 
         def xDelete(self, name: str, syncdir: bool) -> None:

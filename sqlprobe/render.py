@@ -6,7 +6,7 @@ lines, paths) goes through `text.safe` before it reaches a terminal.
 
 from __future__ import annotations
 
-import shlex
+from collections.abc import Iterable
 from typing import Any
 
 from .effects import outcome
@@ -28,8 +28,8 @@ from .model import (
 )
 from .opencode.flock import key_words
 from .opencode.paths import tildify
-from .text import duration, safe, shorten
-from .verdict import DatabaseVerdict, State, Verdict
+from .text import duration, safe, shell_quote, shorten
+from .verdict import Blocker, DatabaseVerdict, State, Verdict, skipped_caveat
 from .verdict_opencode import LockVerdict, OpencodeVerdict
 
 SCHEMA = 1
@@ -73,9 +73,11 @@ def to_json(snapshot: Snapshot, verdict: Verdict) -> dict[str, Any]:
 
 
 def all_warnings(snapshot: Snapshot, verdict: Verdict) -> list[str]:
-    """The snapshot's warnings, then what opencode's state says (stale locks, index.lock...)."""
+    """The snapshot's warnings, what the databases' files say (a hard link, a side file that
+    is not a regular one), then what opencode's state says (stale locks, index.lock...)."""
+    files = [w for dv in verdict.databases for w in dv.warnings]
     extra = list(verdict.opencode.warnings) if verdict.opencode else []
-    return list(dict.fromkeys([*snapshot.warnings, *extra]))
+    return list(dict.fromkeys([*snapshot.warnings, *files, *extra]))
 
 
 def _lock_verdicts(verdict: Verdict) -> tuple[LockVerdict, ...]:
@@ -171,6 +173,11 @@ def _database_json(db: DatabaseSnapshot, dv: DatabaseVerdict) -> dict[str, Any]:
         "journal_mode": dv.journal_mode.value,
         "size": db.size,
         "files": {f.kind.value: f.key is not None for f in db.files},
+        "not_regular": {f.kind.value: f.not_regular for f in db.files if f.not_regular},
+        "links": db.links,
+        "other_names": [
+            {"pid": o.pid, "path": o.path, "side_files": list(o.side_files)} for o in db.other_names
+        ],
         "header": _header_json(db.header),
         "wal": _wal_json(db.wal),
         "hot_journal": db.hot_journal,
@@ -319,11 +326,7 @@ def human(snapshot: Snapshot, verdict: Verdict, style: Any, data_dir: str) -> st
         out.extend(legend)
     if snapshot.skipped_processes:
         n = snapshot.skipped_processes
-        out.append(
-            f"not scanned: {n} process{'' if n == 1 else 'es'} of other users, "
-            "whom the files' own modes keep out (one handed a descriptor would be missed; "
-            "--thorough scans them)"
-        )
+        out.append(f"not scanned: {n} {skipped_caveat(n)}")
     for warning in all_warnings(snapshot, verdict):
         out.append(style(f"warning: {safe(warning)}", fg="yellow"))
     advice = _advice(snapshot, verdict, data_dir)
@@ -526,7 +529,7 @@ def _advice(snapshot: Snapshot, verdict: Verdict, data_dir: str) -> list[str]:
     state = verdict.state
     if state in (State.CLEAR, State.ERROR):
         return []
-    target = shlex.quote(snapshot.target)
+    target = shell_quote(snapshot.target)
     locks = verdict.opencode.blockers if verdict.opencode else ()
     if locks:
         return _lock_advice(locks, snapshot, target)
@@ -562,9 +565,20 @@ def _advice(snapshot: Snapshot, verdict: Verdict, data_dir: str) -> list[str]:
             f" or ps -o pid,stat,etime,time,args -p {pid_args}"
         )
     else:
-        lines.append("the holder runs outside this pid namespace: run sqlprobe on the host")
+        lines.append(_unnamed_holder(blockers))
     lines.append(isolate)
     return lines
+
+
+def _unnamed_holder(blockers: Iterable[Blocker]) -> str:
+    """Advice when no blocking lock names its process."""
+    if any(b.lock.lock_class == "OFDLCK" for b in blockers):
+        return (
+            "the lock is an open-file-description lock, which names no process: its holder is"
+            " one of the processes that have the file open (sqlprobe diagnose lists their files;"
+            " --thorough also finds it open under another name)"
+        )
+    return "the holder runs outside this pid namespace: run sqlprobe on the host"
 
 
 def _lock_advice(locks: tuple[LockVerdict, ...], snapshot: Snapshot, target: str) -> list[str]:
@@ -572,7 +586,7 @@ def _lock_advice(locks: tuple[LockVerdict, ...], snapshot: Snapshot, target: str
     top = locks[0]
     meta = top.lock.meta
     pid = meta.pid if meta else None
-    remove = f"rm -r {shlex.quote(top.lock.path)}"
+    remove = f"rm -r {shell_quote(top.lock.path)}"
     lines = []
     if top.state == "left-behind":
         lines.append(
@@ -583,7 +597,7 @@ def _lock_advice(locks: tuple[LockVerdict, ...], snapshot: Snapshot, target: str
             f"or remove it now, since its holder{f' pid {pid}' if pid else ''} is gone: {remove}"
         )
     elif top.state == "stale":  # a breaker left behind keeps it from being broken
-        breaker = shlex.quote(top.lock.path + ".breaker")
+        breaker = shell_quote(top.lock.path + ".breaker")
         lines.append(f"wait ~{top.wait_s:.0f} s (sqlprobe wait {target}), or remove the breaker"
                      f" left behind: rm -r {breaker}")  # fmt: skip
     elif top.stuck:

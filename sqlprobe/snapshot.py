@@ -10,6 +10,7 @@ and every descriptor is closed before returning.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -20,9 +21,16 @@ from .dbfile import parse_header
 from .deadline import Deadline, run_until
 from .effects import effective_mode, outcome
 from .errors import AccessDenied, CannotInspect, HeaderError, NoSuchProcess, OpenInThisProcess
-from .files import describe, gate, open_regular, pread_at_most
+from .files import DANGLING, describe, file_type, gate, is_a, open_regular, pread_at_most
 from .filestate import journal_header_set, read_wal_state
-from .layout import DB_HEADER_SIZE, WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, decode, lock_bytes
+from .layout import (
+    DB_HEADER_SIZE,
+    RESERVED_BYTE,
+    WAL_FRAME_HEADER_SIZE,
+    WAL_HEADER_SIZE,
+    decode,
+    lock_bytes,
+)
 from .model import (
     ByteRange,
     DatabaseSnapshot,
@@ -37,6 +45,7 @@ from .model import (
     Mode,
     Observation,
     OpencodeState,
+    OtherName,
     Probe,
     ProcSample,
     SideFile,
@@ -46,11 +55,13 @@ from .model import (
 from .opencode.paths import Dirs
 from .procfs import DELETED_SUFFIX, ProcFS, quietly, user_name
 from .targets import Target, default_target, resolve
+from .text import seconds
 
 DEFAULT_WINDOW = 0.3
 DEFAULT_TIMEOUT = 3.0
 SAMPLE_INTERVAL = 0.05
 WHOLE_FILE = ByteRange(0, None)
+RESERVED = ByteRange(RESERVED_BYTE, RESERVED_BYTE)
 # Time kept back from the window for what follows it: holders, the probe, the output.
 AFTER_WINDOW_S = 0.15
 
@@ -67,6 +78,7 @@ class _Db:
         self.gates: dict[FileKind, Gate] = {}  # who may open each file, by its own mode
         self.header: DbHeader | None = None
         self.size: int | None = None
+        self.links: int | None = None  # st_nlink of the database file
         self.error: str | None = None
         self.own = False  # this very process has one of its files open
         self.openers: dict[int, set[FileKind]] = {}  # pid -> the files it has open
@@ -76,9 +88,12 @@ class _Db:
         self.observations: list[Observation] = []
         self.wal: WalState | None = None
         self.journal_header_set = False
+        # The kernel's (mount device, inode) of each file opened here, where it differs from
+        # lstat's (a btrfs subvolume): what fdinfo and /proc/locks give for it.
+        self.aliases: dict[FileKey, FileKind] = {}
 
     def kind_of(self, key: FileKey) -> FileKind | None:
-        return next((f.kind for f in self.files if f.key == key), None)
+        return next((f.kind for f in self.files if f.key == key), None) or self.aliases.get(key)
 
 
 def check(
@@ -91,6 +106,7 @@ def check(
     use_probe: bool = True,
     thorough: bool = False,
     databases: bool = True,
+    probe_live: bool = False,
 ) -> Snapshot:
     """Resolve `path` (None: opencode's default database) and take one snapshot of it.
 
@@ -105,6 +121,7 @@ def check(
     env = os.environ if env is None else env
     proc = procfs or ProcFS()
     deadline = Deadline(timeout)
+    caller = os.getpid()  # whose /proc/self a PATH names: not the worker's (targets.resolve)
 
     def work() -> Snapshot:
         deadline.stage = "listing this process's own open files"
@@ -112,16 +129,26 @@ def check(
         deadline.stage = f"resolving {path or default_target(env)}"
         where = collect_opencode.scope(path, env)
         if databases:
-            target = resolve(path, env, own)
+            target = resolve(path, env, own, caller)
         else:
             target = Target(label=where.state if where else (path or default_target(env)))
         return take(
-            target, window, proc, own, deadline, busy_timeout, use_probe, thorough, where, env
+            target,
+            window,
+            proc,
+            own,
+            deadline,
+            busy_timeout,
+            use_probe,
+            thorough,
+            where,
+            env,
+            probe_live,
         )
 
     if timeout is None:
         return work()
-    job = run_until(work, deadline.remaining())
+    job = run_until(work, deadline.remaining(), deadline=deadline)
     if job.done.is_set():
         return job.get()
     label = path if path is not None else default_target(env)
@@ -129,7 +156,7 @@ def check(
         label,
         (),
         window,
-        error=f"no answer within the {timeout:g} s timeout: stuck {deadline.stage}"
+        error=f"no answer within the {seconds(timeout)} s timeout: stuck {deadline.stage}"
         " (a hung filesystem, or a file that blocks when read?)",
         timeout_s=timeout,
         cut_short=("everything",),
@@ -147,6 +174,7 @@ def take(
     thorough: bool = False,
     opencode: Dirs | None = None,
     env: Mapping[str, str] | None = None,
+    probe_live: bool = False,
 ) -> Snapshot:
     """Take a snapshot of the databases of `target`, and of opencode's state in `opencode`.
 
@@ -201,7 +229,7 @@ def take(
         if (blocking is not None or owners) and window > 0:
             used = _sample_window(proc, dbs, warnings, window, deadline, owners, owner_looks)
             if used < window:
-                cut.append(f"the window ({used:.2f} s of {window:g} s)")
+                cut.append(f"the window ({seconds(used)} s of {seconds(window)} s)")
     finally:
         for db in dbs:
             for fd in db.fds.values():
@@ -219,7 +247,7 @@ def take(
         warnings.extend(_state_warnings(snap))
         if use_probe and snap.exists and not snap.error:
             deadline.stage = f"probing {db.path} with SQLite"
-            snap = snap._replace(probe=_probe(snap, db.own, busy_timeout, deadline))
+            snap = snap._replace(probe=_probe(snap, db.own, busy_timeout, deadline, probe_live))
             if snap.probe and snap.probe.result == "timeout":
                 cut.append("the SQLite probe")
         databases.append(snap)
@@ -295,15 +323,20 @@ def _sample_window(
     return window if covered >= window - 1e-3 else round(covered, 3)
 
 
-def _probe(snap: DatabaseSnapshot, own: bool, busy_timeout: float, deadline: Deadline) -> Probe:
+def _probe(
+    snap: DatabaseSnapshot, own: bool, busy_timeout: float, deadline: Deadline, live: bool
+) -> Probe:
     if own:
         return probe.skipped(
             "this process has the database open (a SQLite connection?): a second connection"
             " in the same process would share its locks"
         )
-    how, why = probe.plan(snap)
+    how, why = probe.plan(snap, live)
     if how is None:
         return probe.skipped(why)
+    if odd := next((f for f in snap.files if f.not_regular), None):
+        # SQLite would open it (a FIFO -journal: blocking); nothing opens a database beside it.
+        return probe.skipped(f"{odd.path} {is_a(odd.not_regular)}: not opened beside it")
     budget = deadline.remaining() - 0.05  # room to print the answer
     return probe.run(snap.path, how, busy_timeout, min(budget, 30.0))
 
@@ -330,7 +363,16 @@ def _open(path: str, own: frozenset[FileKey], warnings: list[str]) -> _Db:
                 db.error = f"{path}: {describe(err)}"
             db.files.append(SideFile(kind, side, None))
             continue
-        db.files.append(SideFile(kind, side, FileKey(st.st_dev, st.st_ino)))
+        what = file_type(st.st_mode)
+        if what == "symbolic link" and not os.path.exists(side):
+            what = DANGLING  # SQLite cannot create the file there (O_NOFOLLOW): worse
+        db.files.append(SideFile(kind, side, FileKey(st.st_dev, st.st_ino), what))
+        if what is not None:
+            # Never opened. The verdict says what a new instance meets with it (SQLite's own
+            # open of a FIFO -journal blocks for ever: non_regular_effect).
+            if kind is FileKind.DB:
+                db.error = f"{side}: {is_a(what)}"
+            continue
         try:
             fd, st = open_regular(side, own)
         except OpenInThisProcess:
@@ -352,6 +394,7 @@ def _open(path: str, own: frozenset[FileKey], warnings: list[str]) -> _Db:
         db.gates[kind] = gate(fd, st)
         if kind is FileKind.DB:
             db.size = st.st_size
+            db.links = st.st_nlink
             _read_header(db, fd)
     db.exists = db.files[0].key is not None or db.error is not None
     return db
@@ -378,12 +421,46 @@ def _read_state(db: _Db, deadline: Deadline) -> None:
         db.wal = read_wal_state(
             wal_fd, db.sizes[FileKind.WAL], db.fds.get(FileKind.SHM), dms, deadline.end
         )
-    journal_fd = db.fds.get(FileKind.JOURNAL)
-    if journal_fd is not None:
+    if FileKind.JOURNAL in db.fds:
+        db.journal_header_set = _journal_left_set(db)
+
+
+def _journal_left_set(db: _Db) -> bool:
+    """Whether the -journal holds a transaction that no live writer owns (a hot journal).
+
+    The lock look that came first is older than the header read: a writer that began in
+    between has a journal with a header, and RESERVED held since the look. So, by path (a
+    writer that commits in DELETE mode unlinks the file our descriptor still reads): header
+    set, then nobody holds RESERVED, then the header still set (a writer that finished in
+    between zeroed or unlinked it), then nobody holds RESERVED; a writer seen at any step
+    means a live transaction, not a hot journal.
+    """
+    path = db.files[list(FileKind).index(FileKind.JOURNAL)].path
+    db_fd = db.fds.get(FileKind.DB)
+    for _ in range(2):
+        if not _header_set_at(path):
+            return False
+        if db_fd is None:
+            return True  # the database was not opened here: RESERVED cannot be asked
         try:
-            db.journal_header_set = journal_header_set(journal_fd)
+            if getlk.query(db_fd, RESERVED) is not None:
+                return False
         except OSError:
-            db.journal_header_set = False
+            return True
+    return True
+
+
+def _header_set_at(path: str) -> bool:
+    try:
+        fd, _st = open_regular(path)
+    except CannotInspect:
+        return False  # gone: committed (or never a journal at all)
+    try:
+        return journal_header_set(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _state_warnings(db: DatabaseSnapshot) -> list[str]:
@@ -397,7 +474,8 @@ def _state_warnings(db: DatabaseSnapshot) -> list[str]:
             FileKind.SHM: "rebuild this file",
             FileKind.JOURNAL: "delete this file",
         }
-        for kind in sorted(present, key=list(FileKind).index):
+        odd = {f.kind for f in db.files if f.not_regular}  # the verdict speaks of these
+        for kind in sorted(present - odd, key=list(FileKind).index):
             out.append(
                 f"{paths[kind]} exists without its database: a new instance would create the"
                 f" database and {fate[kind]}"
@@ -477,8 +555,15 @@ def _find_openers(
     # Nobody may be skipped when other files are watched: their modes were not looked at.
     gates = () if thorough or watch else _skippable(dbs)
     scan = proc.find_fds(names, keys, gates)
+    for db in dbs:
+        for kind, fd in db.fds.items():
+            with contextlib.suppress(NoSuchProcess, AccessDenied):
+                db.aliases[proc.fd_key(proc.self_pid, fd)] = kind
+    ours = {pid for pid in {pid for pid, _fd, _link in scan.found} if proc.is_sqlprobe(pid)}
     watched: dict[FileKey, set[int]] = {}
     for pid, fd, link in scan.found:
+        if pid in ours:
+            continue  # another sqlprobe looking (its read-only descriptors hold nothing)
         if link.endswith(DELETED_SUFFIX):
             found = paths.get(link.removesuffix(DELETED_SUFFIX))
             if found:
@@ -487,8 +572,10 @@ def _find_openers(
                 continue
         try:
             key = proc.fd_key(pid, fd)
-        except (NoSuchProcess, AccessDenied):
-            continue  # closed since the listing (a -journal, say), or the process exited
+        except (NoSuchProcess, AccessDenied, OSError):
+            # Closed since the listing (a -journal, say), the process exited, or (an old
+            # kernel's stat) a file on a filesystem that is gone.
+            continue
         if key in watch:
             watched.setdefault(key, set()).add(pid)
         for db in dbs:
@@ -577,7 +664,8 @@ def _observe(
     if bad:
         warnings.append(f"{bad} line(s) of /proc/locks could not be parsed")
     for db, locks, more in zip(dbs, found, hidden, strict=True):
-        locks += more
+        # Another sqlprobe's lock (a probe's read) is a look, never a holder's.
+        locks = [lk for lk in locks + more if not (lk.pid and proc.is_sqlprobe(lk.pid))]
         pids = set(db.openers) | {lk.pid for lk in locks if lk.pid}
         pids.discard(proc.self_pid)
         procs = []
@@ -587,7 +675,18 @@ def _observe(
                 procs.append(proc.sample(pid, threads=threads))
             except (NoSuchProcess, AccessDenied):
                 continue
-        db.observations.append(Observation(now, tuple(locks), tuple(procs), waits))
+        db.observations.append(Observation(now, tuple(locks), tuple(procs), waits, _change(db)))
+
+
+def _change(db: _Db) -> bytes | None:
+    """What a commit changes (Observation.change): 4 bytes of the database header, 48 of -shm."""
+    try:
+        out = os.pread(db.fds[FileKind.DB], 4, 24) if FileKind.DB in db.fds else b""
+        if FileKind.SHM in db.fds:
+            out += os.pread(db.fds[FileKind.SHM], 48, 0)
+    except OSError:
+        return None
+    return out or None
 
 
 def _lock_lines(proc: ProcFS, dbs: list[_Db], fdinfo: bool) -> tuple[list[LockLine], int, bool]:
@@ -694,6 +793,7 @@ def _hidden_locks(db: _Db, seen: list[Lock]) -> list[Lock]:
 
 
 def _finish(proc: ProcFS, db: _Db) -> DatabaseSnapshot:
+    others = _other_names(proc, db) if db.observations else ()  # may add openers: first
     return DatabaseSnapshot(
         path=db.path,
         exists=db.exists,
@@ -707,7 +807,66 @@ def _finish(proc: ProcFS, db: _Db) -> DatabaseSnapshot:
         journal_size=db.sizes.get(FileKind.JOURNAL),
         journal_header_set=db.journal_header_set,
         deleted_open=tuple(sorted(set((pid, kind) for (pid, _fd), kind in db.deleted.items()))),
+        links=db.links,
+        other_names=others,
     )
+
+
+def _other_names(proc: ProcFS, db: _Db) -> tuple[OtherName, ...]:
+    """The paths other than the database's own by which processes have it open, each with the
+    -wal and -shm of that path that the process has open and that are not the database's:
+    SQLite names them after the path it opened, so a process using a hard link (or a bind
+    mount of the file) keeps a WAL of its own.
+
+    The openers are the descriptor scan's (by name; by (device, inode) too with --thorough).
+    A process that holds a lock on the database but was found with none of its files open
+    (every WAL connection holds SHARED on it while open) has its descriptors read here: few
+    processes, so the default check finds a hard link in use without --thorough. Only link
+    texts and fdinfo are read, never a file of theirs (a hung mount cannot hold this up).
+    Called before `_holders`, which then lists such a process with the database open.
+    """
+    fds_of: dict[int, list[tuple[int, str]]] = {}
+
+    def fds(pid: int) -> list[tuple[int, str]]:
+        if pid not in fds_of:
+            try:
+                fds_of[pid] = proc.fds(pid)
+            except (NoSuchProcess, AccessDenied, OSError):
+                fds_of[pid] = []
+        return fds_of[pid]
+
+    def key(pid: int, fd: int) -> FileKey | None:
+        try:
+            return proc.fd_key(pid, fd)
+        except (NoSuchProcess, AccessDenied, OSError):
+            return None  # closed since, or (an old kernel's stat) a mount that is gone
+
+    first = db.observations[0]
+    for pid in sorted({lk.pid for lk in first.locks if lk.file is FileKind.DB and lk.pid}):
+        if pid in db.openers or pid in db.unreadable or pid == proc.self_pid:
+            continue
+        for fd, link in fds(pid):
+            if link.startswith("/") and (k := key(pid, fd)) and db.kind_of(k) is FileKind.DB:
+                db.openers.setdefault(pid, set()).add(FileKind.DB)
+                db.opener_fds.append((pid, fd, FileKind.DB))
+    found: dict[tuple[int, str], OtherName] = {}
+    for pid, fd, what in db.opener_fds:
+        if what is not FileKind.DB:
+            continue
+        try:
+            link = proc.fd_link(pid, fd)
+        except (NoSuchProcess, AccessDenied, OSError):
+            continue  # closed since
+        if link == db.path or link.endswith(DELETED_SUFFIX) or (pid, link) in found:
+            continue
+        sides = {link + k.suffix: k for k in (FileKind.WAL, FileKind.SHM)}
+        theirs = [(name, k) for f, name in fds(pid) if name in sides and (k := key(pid, f))]
+        own = [name for name, k in theirs if db.kind_of(k) is None]
+        if theirs and not own:
+            continue  # the database's own -wal and -shm: its directory by another path
+        own.sort(key=list(sides).index)
+        found[(pid, link)] = OtherName(pid, link, tuple(dict.fromkeys(own)))
+    return tuple(found.values())
 
 
 def _holders(proc: ProcFS, db: _Db) -> Iterable[Holder]:

@@ -8,12 +8,23 @@ The worst database decides for the whole target.
 
 from __future__ import annotations
 
+import itertools
 from enum import Enum, IntEnum
 from typing import TYPE_CHECKING, NamedTuple
 
 from .effects import Outcome, describe, effective_mode, outcome
-from .model import DatabaseSnapshot, FileKind, JournalMode, Lock, Observation, Snapshot
-from .text import safe, shorten
+from .files import DANGLING, is_a
+from .model import (
+    DatabaseSnapshot,
+    FileKind,
+    JournalMode,
+    Lock,
+    Observation,
+    OtherName,
+    SideFile,
+    Snapshot,
+)
+from .text import safe, seconds, shorten
 
 if TYPE_CHECKING:
     from .verdict_opencode import OpencodeVerdict
@@ -37,6 +48,7 @@ class ExitCode(IntEnum):
     BUSY = 4
     STUCK = 5
     ERROR = 6
+    OUTPUT = 7  # the report could not be written (a full disk): not a verdict, not a bug
 
 
 EXIT_CODES = {state: ExitCode[state.name] for state in State}
@@ -67,6 +79,7 @@ class DatabaseVerdict(NamedTuple):
     journal_mode: JournalMode  # effective: the header's, or inferred from the locks
     blockers: tuple[Blocker, ...] = ()
     persisted: frozenset[tuple] = frozenset()  # Lock.identity of the locks held all window
+    warnings: tuple[str, ...] = ()  # what its files say that a new instance copes with
 
 
 class Verdict(NamedTuple):
@@ -93,7 +106,9 @@ def judge(snapshot: Snapshot) -> Verdict:
     blocking = sorted(locks.blockers, key=lambda v: -SEVERITY[v.verdict]) if locks else []
     if not snapshot.databases and not blocking:
         return Verdict(State.CLEAR, safe(snapshot.note or "nothing to check"), (), locks)
-    verdicts = tuple(judge_database(db, snapshot.window_s) for db in snapshot.databases)
+    verdicts = tuple(
+        judge_database(db, snapshot.window_s, snapshot.thorough) for db in snapshot.databases
+    )
     worst = max(verdicts, key=lambda v: SEVERITY[v.state], default=None)
     if blocking and (worst is None or SEVERITY[blocking[0].verdict] >= SEVERITY[worst.state]):
         # A lock of opencode's own: a start-up waits minutes on it, a database lock seconds.
@@ -104,22 +119,51 @@ def judge(snapshot: Snapshot) -> Verdict:
         if len(verdicts) > 1 and worst.state is not State.CLEAR:
             reason = f"{safe(worst.path)}: {reason}"
     if snapshot.cut_short:
-        reason += (
-            f" (the {snapshot.timeout_s:g} s timeout cut short {' and '.join(snapshot.cut_short)})"
-        )
+        cut = " and ".join(snapshot.cut_short)
+        reason += f" (the {seconds(snapshot.timeout_s or 0)} s timeout cut short {cut})"
     if state in (State.CLEAR, State.SHARED) and snapshot.uninspected_processes:
         n = snapshot.uninspected_processes
         reason += (
             f" ({n} process{'es' if n != 1 else ''} could not be inspected: their open files are"
             " unknown, though any lock they hold would have been seen)"
         )
+    if state in (State.CLEAR, State.SHARED) and snapshot.skipped_processes:
+        n = snapshot.skipped_processes
+        reason += f" ({n} {skipped_caveat(n)})"
     return Verdict(state, reason, verdicts, locks)
 
 
-def judge_database(db: DatabaseSnapshot, window_s: float) -> DatabaseVerdict:
+def skipped_caveat(n: int) -> str:
+    """Why `n` processes of other users went unscanned, and what that can miss (the text report
+    and the JSON reason say the same)."""
+    return (
+        f"process{'' if n == 1 else 'es'} of other users not scanned, whom the files' own modes"
+        " keep out: one that opened the database before a chmod, or was handed a descriptor,"
+        " would be missed; --thorough scans them"
+    )
+
+
+def judge_database(
+    db: DatabaseSnapshot, window_s: float, thorough: bool = False
+) -> DatabaseVerdict:
+    """One database's verdict; `thorough`: every open file of every process was stat()ed."""
+    verdict = _judge_database(db, window_s)
+    warnings = _file_warnings(db, thorough)
+    return verdict._replace(warnings=warnings) if warnings else verdict
+
+
+def _judge_database(db: DatabaseSnapshot, window_s: float) -> DatabaseVerdict:
     mode = db.journal_mode
     if db.error:
         return DatabaseVerdict(db.path, State.ERROR, safe(db.error), mode)
+    for side in db.files:
+        if side.not_regular and side.kind is not FileKind.DB:
+            fails, meets = non_regular_effect(side, db)
+            if fails:
+                reason = f"{safe(side.path)} {is_a(side.not_regular)}: {meets}"
+                return DatabaseVerdict(db.path, State.ERROR, reason, mode)
+    if own_wal := [o for o in db.other_names if o.side_files]:
+        return DatabaseVerdict(db.path, State.ERROR, _other_name_reason(db, own_wal), mode)
     if db.deleted_open:
         return DatabaseVerdict(db.path, State.ERROR, _deleted_reason(db), mode)
     if db.probe and db.probe.result.startswith(UNREADABLE):
@@ -237,6 +281,109 @@ def stuck_clause(
     return None
 
 
+# What a new instance meets with a side file that is not a regular file (never opened by
+# sqlprobe): measured with SQLite 3.40.1 and 3.54.1 doing what opencode does at start-up
+# (journal_mode=WAL, a passive checkpoint, a write); tests/test_file_kinds.py repeats it.
+_DEVICES = ("character device", "block device")
+_LINKS = ("symbolic link", DANGLING)
+
+
+def non_regular_effect(side: SideFile, db: DatabaseSnapshot) -> tuple[bool, str]:
+    """(whether a new instance fails or hangs, what it meets) for a -wal, -shm or -journal
+    that is not a regular file.
+
+    Beside an empty or missing database SQLite deletes a -wal or -journal it finds and goes
+    on (it cannot delete a directory, nor create a file through a dangling link); beside one
+    with pages it opens them: a FIFO -journal blocks that open for ever (SQLite opens it to see
+    whether it must roll it back). A -shm it always maps, and cannot.
+    """
+    kind = side.not_regular or ""
+    pages = bool(db.size)
+    wal_mode = db.journal_mode is JournalMode.WAL
+    if side.kind is not FileKind.SHM and not pages and kind not in ("directory", DANGLING):
+        if db.exists:
+            return False, "the database is empty, so a new instance would delete it and go on"
+        return False, (
+            "the database does not exist: a new instance would create it and delete this file"
+        )
+    if side.kind is FileKind.JOURNAL:
+        if kind == "FIFO":
+            return True, (
+                "a new instance would hang for ever opening it (SQLite opens a -journal, without"
+                " O_NONBLOCK, to see whether it must roll it back)"
+            )
+        if kind in _DEVICES:
+            return True, (
+                'a new instance would fail with "disk I/O error" (SQLite reads it as a journal'
+                " to roll back), unless the database is in WAL mode and the device reads as zeros"
+            )
+        if kind == "symbolic link":
+            return True, (
+                'a new instance would fail with "unable to open database file" (SQLite opens'
+                " its side files without following a symbolic link), unless the database is in"
+                " WAL mode and the link leads to an empty file"
+            )
+        if kind == DANGLING and wal_mode:
+            return False, (
+                "SQLite could not create a -journal there (it does not follow a symbolic link"
+                " to a side file), which a database in WAL mode never needs"
+            )
+    return (
+        True,
+        f'a new instance would fail with "{_sqlite_error(side.kind, kind, pages, wal_mode)}"',
+    )
+
+
+def _sqlite_error(side: FileKind, kind: str, pages: bool, wal_mode: bool) -> str:
+    """SQLite's message to a new instance for a side file of this kind (see non_regular_effect)."""
+    if kind == "directory":
+        if side is FileKind.SHM:
+            return "attempt to write a readonly database"
+        opened = (side is FileKind.WAL) == pages  # a -wal beside pages, a -journal beside none
+        return "unable to open database file" if opened else "disk I/O error"
+    if kind == "FIFO" or kind in _DEVICES:
+        return "disk I/O error"
+    # A socket cannot be opened (ENXIO), a link is not followed (O_NOFOLLOW); a -shm that
+    # cannot be opened fails later than that, except beside a WAL database with pages.
+    if side is FileKind.SHM and not (pages and wal_mode):
+        return "disk I/O error"
+    return "unable to open database file"
+
+
+def _file_warnings(db: DatabaseSnapshot, thorough: bool) -> tuple[str, ...]:
+    """Side files that are not regular but that a new instance copes with, and a hard-linked
+    database that nobody was seen using by another name (without --thorough)."""
+    out = []
+    for side in db.files:
+        if side.not_regular and side.kind is not FileKind.DB and not db.error:
+            fails, meets = non_regular_effect(side, db)
+            if not fails:
+                out.append(f"{side.path} {is_a(side.not_regular)}: {meets}")
+    if db.links and db.links > 1 and not db.other_names and not thorough:
+        out.append(
+            f"{db.path} has {db.links} hard links: a process using another name keeps its own"
+            " -wal and -shm beside that name (two WALs for one database); none holds a lock on"
+            " it now, and --thorough also finds one that has it open without a lock"
+        )
+    return tuple(out)
+
+
+def _other_name_reason(db: DatabaseSnapshot, others: list[OtherName]) -> str:
+    first = others[0]
+    holder = db.holder(first.pid)
+    who = f"pid {first.pid}" + (
+        f" ({shorten(safe(holder.command), COMMAND_WIDTH)})" if holder and holder.command else ""
+    )
+    path = safe(db.path)
+    pids = sorted({o.pid for o in others})
+    return (
+        f"{who} has {path} open as {safe(first.path)} (a hard link, or a bind mount of the"
+        f" file), with a WAL of its own ({', '.join(safe(p) for p in first.side_files)}): a new"
+        f" instance would write to {path}-wal, and two processes would commit to two WALs of"
+        f" one database (a way to corrupt it); stop {_pid_list(pids)} first"
+    )
+
+
 def _deleted_reason(db: DatabaseSnapshot) -> str:
     pid, kind = db.deleted_open[0]
     pids = sorted({p for p, _ in db.deleted_open})
@@ -270,17 +417,34 @@ def _who(db: DatabaseSnapshot, lock: Lock) -> str:
 def _blocked_reason(db: DatabaseSnapshot, blocker: Blocker, samples: int, window_s: float) -> str:
     lock = blocker.lock
     held = (
-        f"has held {describe(lock)} for the whole {window_s:g} s window"
+        f"has held {describe(lock)} for the whole {seconds(window_s)} s window"
         if samples > 1
         else f"holds {describe(lock)} (seen once: no observation window)"
     )
     reason = f"{_who(db, lock)} {held}"
     if blocker.stuck:
         reason += f" and {blocker.stuck}"
+    commits = commits_seen(db.observations)
+    if blocker.outcome is Outcome.LOCKED and commits and not blocker.stuck:
+        # The lock was there at every sample, yet released between them: a new instance's
+        # busy handler retries, and gets in at a gap.
+        reason += (
+            f", but it committed {commits} time{'s' if commits > 1 else ''} in the window (the"
+            " lock is released between its transactions): a new instance may wait up to its"
+            ' busy timeout (5 s in opencode), failing with "database is locked" only if it'
+            " never finds the lock free"
+        )
+        return reason
     reason += f": a new instance would {blocker.outcome.value}"
     if blocker.stuck:
         reason += "; waiting will not help"
     return reason
+
+
+def commits_seen(observations: tuple[Observation, ...]) -> int:
+    """How many times what a commit changes changed between observations (0: none seen)."""
+    marks = [o.change for o in observations if o.change is not None]
+    return sum(1 for a, b in itertools.pairwise(marks) if a != b)
 
 
 def _pid_list(pids: list[int]) -> str:

@@ -112,19 +112,22 @@ def holder() -> Iterator[Callable[..., Holder]]:
         h.end()
 
 
-def fingerprint(directory: Path, recursive: bool = False) -> dict[str, tuple[str, int]]:
-    """Name -> (sha256 or file type, mtime) of every entry of a directory (and, with
-    `recursive`, of every directory below it, by relative path). FIFOs are never opened."""
+def fingerprint(directory: Path, recursive: bool = False) -> dict[str, tuple[object, ...]]:
+    """Name -> (sha256 or file type, mode, owner, group, mtime, ctime) of every entry of a
+    directory (and, with `recursive`, of every directory below it, by relative path). The
+    ctime catches what changes no byte (an fchown to the same owner, a chmod). FIFOs are never
+    opened."""
     out = {}
     entries = sorted(directory.rglob("*") if recursive else directory.iterdir())
     for p in entries:
         st = p.lstat()
         name = str(p.relative_to(directory))
-        if stat.S_ISREG(st.st_mode):
-            digest = hashlib.sha256(p.read_bytes()).hexdigest()
-            out[name] = (digest, st.st_mtime_ns)
-        else:
-            out[name] = (stat.filemode(st.st_mode), st.st_mtime_ns)
+        what = (
+            hashlib.sha256(p.read_bytes()).hexdigest()
+            if stat.S_ISREG(st.st_mode)
+            else stat.filemode(st.st_mode)
+        )
+        out[name] = (what, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_ctime_ns)
     return out
 
 

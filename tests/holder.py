@@ -11,7 +11,11 @@ blocks on a lock that is never released (parked on a futex, as in the opencode h
 States: wal-idle, wal-read, wal-write, wal-exclusive, rollback-read, rollback-reserved,
 rollback-exclusive, wal-commit-loop (short write transactions, back to back), wal-lagging (a
 WAL that a passive checkpoint could only partly copy, because a reader holds an old snapshot:
-the ready line then ends with that checkpoint's `busy log checkpointed`).
+the ready line then ends with that checkpoint's `busy log checkpointed`), rollback-commit-loop
+(the same in rollback mode: a -journal comes and goes), wal-tight-loop (longer transactions
+with no pause between them: the write lock is free only for an instant), wal-truncate-loop
+(commits, each followed by `pragma wal_checkpoint(TRUNCATE)`, as opencode's writer may do).
+A line `report` on stdin makes a loop print `stats COMMITS BUSY_CHECKPOINTS FAILED_WRITES`.
 """
 
 from __future__ import annotations
@@ -50,11 +54,13 @@ def hold(db: str, state: str) -> sqlite3.Connection:
         conn.execute("begin exclusive")
     elif state == "wal-lagging":
         return lagging(db, conn)
-    elif state != "wal-commit-loop":
+    elif state not in LOOPS:
         raise SystemExit(f"unknown state {state}")
     return conn
 
 
+LOOPS = ("wal-commit-loop", "wal-tight-loop", "rollback-commit-loop", "wal-truncate-loop")
+STATS = {"commits": 0, "busy": 0, "failed": 0}
 KEEP: list[object] = []
 LOG_LINES = [
     "INFO  2026-11-25T10:00:00 +0ms service=default version=1.15.10 args=run opencode",
@@ -80,6 +86,38 @@ def lagging(db: str, writer: sqlite3.Connection) -> sqlite3.Connection:
     return writer
 
 
+def commands() -> None:
+    """`report` prints the loop's counts; the end of stdin ends the process."""
+    for line in sys.stdin:
+        if line.strip() == "report":
+            print("stats", STATS["commits"], STATS["busy"], STATS["failed"], flush=True)
+    os._exit(0)
+
+
+def loop(conn: sqlite3.Connection, truncate: bool, pause: bool) -> None:
+    """Short write transactions back to back; with `truncate`, a TRUNCATE checkpoint after each,
+    with no busy timeout: any reader in the WAL at that moment makes it report busy."""
+    if truncate:
+        conn.execute("pragma busy_timeout=0")
+    while True:
+        try:
+            conn.execute("begin immediate")
+            conn.execute("insert into t values (2)")
+            if not pause:  # a longer transaction, back to back: the lock is free only between
+                conn.executemany("insert into t values (?)", ((i,) for i in range(2000)))
+            conn.execute("commit")
+            STATS["commits"] += 1
+        except sqlite3.OperationalError:
+            STATS["failed"] += 1
+            if conn.in_transaction:
+                conn.execute("rollback")
+        if truncate:
+            busy, _log, _done = conn.execute("pragma wal_checkpoint(truncate)").fetchone()
+            STATS["busy"] += busy
+        if pause:
+            time.sleep(0.002)
+
+
 def main() -> None:
     db, state = sys.argv[1], sys.argv[2]
     spin = "--spin" in sys.argv[3:]
@@ -91,14 +129,10 @@ def main() -> None:
         log.flush()
         KEEP.append(log)
     # Exit as soon as the test closes our stdin (or dies).
-    threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
+    threading.Thread(target=commands, daemon=True).start()
     print("ready", os.getpid(), *CHECKPOINT, flush=True)
-    if state == "wal-commit-loop":
-        while True:
-            conn.execute("begin immediate")
-            conn.execute("insert into t values (2)")
-            conn.execute("commit")
-            time.sleep(0.002)
+    if state in LOOPS:
+        loop(conn, truncate=state == "wal-truncate-loop", pause=state != "wal-tight-loop")
     if "--futex" in sys.argv[3:]:
         parked = threading.Lock()
         parked.acquire()

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+from conftest import NOBODY, is_root, make_db
 
 import sqlprobe
 
@@ -84,7 +90,7 @@ def _writer_beside_checks(db, mode: str, seconds: float = 2.0) -> tuple[int, int
         checks = 0
         probes = set()
         while writer.poll() is None:
-            snapshot = sqlprobe.check(str(db), window=0.05)
+            snapshot = sqlprobe.check(str(db), window=0.05, probe_live=True)
             if snapshot.databases[0].holders:  # not the last instants, after the writer closed
                 probes.add(snapshot.databases[0].probe.result)
             checks += 1
@@ -110,3 +116,18 @@ def test_busy_timeout_zero_writer_in_rollback_mode_never_sees_busy(rollback_db):
     assert busy == 0
     assert commits > 100 and checks > 10
     assert probes == {"skipped"}  # a read would take SHARED: the probe must stay away
+
+
+def test_probe_as_root_changes_no_owner_and_no_ctime(tmp_path, holder, run):
+    """SQLite's unix VFS, as root, fchown()s the -wal and -shm to the database's owner on every
+    open: a probe beside live holders must not (the `run` fixture compares owners and ctimes)."""
+    if not is_root():
+        pytest.skip("SQLite changes owners only when it runs as root")
+    db = make_db(tmp_path / "opencode.db")
+    holder(db, "wal-idle")  # root's: the -wal and -shm are root's
+    os.chown(db, NOBODY, NOBODY)  # the database another user's, as in a shared container
+    side = [Path(f"{db}-wal"), Path(f"{db}-shm")]
+    before = [(p.stat().st_uid, p.stat().st_ctime_ns) for p in side]
+    doc = json.loads(run("check", db, "--probe-live", "--json").stdout)
+    assert doc["databases"][0]["probe"]["result"] == "ok"  # SQLite really opened both files
+    assert [(p.stat().st_uid, p.stat().st_ctime_ns) for p in side] == before

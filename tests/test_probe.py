@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import apsw
 import pytest
@@ -107,7 +108,7 @@ def test_probe_gives_up_at_its_budget_inside_sqlites_retry_loop(read_marks_db):
 
 def test_check_skips_the_probe_when_the_locks_predict_the_protocol_stall(read_marks_db, check_json):
     started = time.monotonic()
-    doc, code = check_json(read_marks_db)
+    doc, code = check_json(read_marks_db, "--probe-live")
     assert time.monotonic() - started < 2.0
     state = doc["databases"][0]
     assert code in (4, 5) and state["blockers"][0]["outcome"] == "protocol"
@@ -125,4 +126,16 @@ def test_probe_runs_only_where_plan_allows(wal_db, holder):
 
     holder(wal_db, "wal-idle")
     snapshot = sqlprobe.check(str(wal_db), window=0)
-    assert probe.plan(snapshot.databases[0])[0] == probe.READONLY_SHM
+    assert probe.plan(snapshot.databases[0], live=True)[0] == probe.READONLY_SHM
+    how, why = probe.plan(snapshot.databases[0])  # by default, no read beside live holders
+    assert how is None and "TRUNCATE" in why and "--probe-live" in why
+
+
+def test_a_file_name_that_is_not_utf8_is_not_probed_and_does_not_crash(tmp_path, check_json):
+    db = make_db(tmp_path / "plain.db")
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/odd-\xff.db"))
+    db.rename(odd)
+    doc, code = check_json(odd)
+    assert code == 0, doc["reason"]
+    probe_doc = doc["databases"][0]["probe"]
+    assert probe_doc["result"] == "skipped" and "not valid UTF-8" in probe_doc["detail"]

@@ -98,6 +98,8 @@ def test_other_users_process_is_skipped_when_the_mode_keeps_it_out(
     doc, code = check_json(db)
     assert (doc["verdict"], code, holder_pids(doc)) == ("clear", 0, [])
     assert doc["skipped_processes"] >= 1
+    # The JSON reason carries the caveat the text report gives.
+    assert "before a chmod" in doc["reason"] and "--thorough scans them" in doc["reason"]
     report = run("check", db).stdout
     assert "not scanned: " in report and "--thorough scans them" in report
 

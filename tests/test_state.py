@@ -40,7 +40,7 @@ def test_live_wal_state_in_the_human_report(tmp_path, holder, run):
     db = make_db(tmp_path / "opencode.db")
     h = holder(db, "wal-lagging")
     _, log, checkpointed = map(int, h.ready)
-    out = run("check", db).stdout
+    out = run("check", db, "--probe-live").stdout
     assert f"wal: {log} frames, {checkpointed} checkpointed, {log - checkpointed} to go" in out
     assert "index valid (frames from the -shm)" in out
     assert "probe: ok (readonly_shm, " in out and "journal_mode wal" in out
@@ -96,7 +96,7 @@ def test_probe_reads_user_version_and_page_count(tmp_path, check_json):
 
 def test_probe_is_skipped_in_rollback_mode_with_live_holders(rollback_db, holder, check_json):
     holder(rollback_db, "rollback-read")
-    probe = check_json(rollback_db)[0]["databases"][0]["probe"]
+    probe = check_json(rollback_db, "--probe-live")[0]["databases"][0]["probe"]
     assert probe["result"] == "skipped" and "rollback mode with live holders" in probe["detail"]
 
 
