@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from .deadline import Handed, Overrun, within
+from .files import file_type
 from .targets import MEMORY, default_target
 
 QUEUE_POLL = 0.05
@@ -63,13 +64,7 @@ def _runtime_dir_problem(runtime: str) -> str | None:
         st = os.stat(runtime)
     except OSError as err:
         return err.strerror or str(err)
-    if not stat.S_ISDIR(st.st_mode):
-        return f"{_kind(st.st_mode)}, not a directory"
-    if st.st_uid != os.geteuid():
-        return f"owned by uid {st.st_uid}, not you"
-    if st.st_mode & 0o022:
-        return f"writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
-    return None
+    return _dir_problem(st, private=False)
 
 
 def queue_name(database: str) -> str:
@@ -220,13 +215,17 @@ def _open_queue_dir(directory: str) -> int:
     return dfd
 
 
-def _dir_problem(st: os.stat_result) -> str | None:
+def _dir_problem(st: os.stat_result, private: bool = True) -> str | None:
+    """Why a directory is not the user's own (`private`: nobody else may even enter it; else
+    nobody else may write to it, as the XDG spec asks of $XDG_RUNTIME_DIR), or None."""
     if not stat.S_ISDIR(st.st_mode):
         return f"{_kind(st.st_mode)}, not a directory"
     if st.st_uid != os.geteuid():
         return f"owned by uid {st.st_uid}, not you"
-    if st.st_mode & 0o077:
+    if private and st.st_mode & 0o077:
         return f"mode {stat.S_IMODE(st.st_mode):04o}: others have access to it"
+    if st.st_mode & 0o022:
+        return f"writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
     return None
 
 
@@ -295,19 +294,10 @@ def _still_named(fd: int, dfd: int, directory: str, name: str) -> bool:
     return same_file and same_dir
 
 
-_KINDS = (
-    (stat.S_ISLNK, "a symlink"),
-    (stat.S_ISREG, "a regular file"),
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
-
-
 def _kind(mode: int) -> str:
-    return next((kind for test, kind in _KINDS if test(mode)), "a special file")
+    """"a FIFO", "a symlink", "a regular file": what a file of this st_mode is."""
+    kind = file_type(mode)
+    return "a regular file" if kind is None else f"a {kind.replace('symbolic link', 'symlink')}"
 
 
 def isolated_dir(step_s: float = STEP_S) -> str:

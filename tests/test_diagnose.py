@@ -25,13 +25,17 @@ LAST_LOG_LINE = "INFO  2026-11-25T10:00:01 +480ms service=plugin name=auth loadi
 @pytest.fixture
 def opencode_like(tmp_path, holder):
     """A data dir whose opencode-like holder (a stuck writer) has a log open under log/."""
-    data = tmp_path / "share" / "opencode"
-    (data / "log").mkdir(parents=True)
-    db = make_db(data / "opencode.db")
-    log = data / "log" / "2026-11-25T100000.log"
+    data, db, log = _data_dir(tmp_path)
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "share"), "OPENCODE_CONFIG": "/x.json"}
     h = holder(db, "wal-write", "--futex", "--log", str(log), env=env)
     return data, db, log, h
+
+
+def _data_dir(tmp_path):
+    """An opencode data dir with a database and a log/ dir: (data dir, database, log file)."""
+    data = tmp_path / "share" / "opencode"
+    (data / "log").mkdir(parents=True)
+    return data, make_db(data / "opencode.db"), data / "log" / "2026-11-25T100000.log"
 
 
 def test_diagnose_shows_the_holders_log_environment_and_files(opencode_like, run):
@@ -131,10 +135,7 @@ SECRETS = ("hunter2-secret", "sk-secret", "my-token-value", "tok-argv-secret", "
 @pytest.fixture
 def holder_with_secrets(tmp_path, holder):
     """An opencode-like holder with secrets in its environment and on its command line."""
-    data = tmp_path / "share" / "opencode"
-    (data / "log").mkdir(parents=True)
-    db = make_db(data / "opencode.db")
-    log = data / "log" / "2026-11-25T100000.log"
+    data, db, log = _data_dir(tmp_path)
     env = {
         **os.environ,
         "XDG_DATA_HOME": str(tmp_path / "share"),

@@ -308,59 +308,36 @@ def fill(args: list[str], **places: Path) -> list[str]:
     return [a.format(**{k: str(v) for k, v in places.items()}) for a in args]
 
 
+@pytest.mark.parametrize("mount", ["hung", "answering", "dead"])
 @pytest.mark.parametrize(("args", "deadline"), UNRELATED_CASES)
-def test_unrelated_file_on_a_hung_mount_does_not_hold_the_answer(
-    fuse_hang, data_dir, tmp_path, args, deadline
+def test_an_unrelated_file_on_a_mount_does_not_hold_the_answer(
+    fuse_hang, data_dir, tmp_path, args, deadline, mount
 ):
+    """hung: the daemon reads requests and never answers; answering, the control: the harness
+    and the mount are not the hang; dead: the daemon is gone (a crashed sshfs), so a stat of
+    the file fails at once with ENOTCONN."""
     hold_open(fuse_hang, fuse_hang.mnt / "opencode.db")
-    fuse_hang.hang()
+    if mount == "hung":
+        fuse_hang.hang()
+    elif mount == "dead":
+        fuse_hang.abort()
     outcome = measure(
         fill(args, data=data_dir),
         isolated_env(tmp_path),
         tmp_path,
         deadline + HARD_CAP_S,
         fuse_hang.track,
-        fuse_hang.abort,
+        *((fuse_hang.abort,) if mount != "dead" else ()),
     )
+    if mount == "dead":
+        assert_answered_by(
+            outcome, deadline, lambda o: clear(o) or "not connected" in o.stdout + o.stderr
+        )
+        return
     assert_answered_by(outcome, deadline, clear)
-
-
-@pytest.mark.parametrize(("args", "deadline"), UNRELATED_CASES)
-def test_control_unrelated_file_on_an_answering_mount_is_clear_at_once(
-    fuse_hang, data_dir, tmp_path, args, deadline
-):
-    """The same, with the daemon answering: the harness and the mount are not the hang."""
-    hold_open(fuse_hang, fuse_hang.mnt / "opencode.db")
-    outcome = measure(
-        fill(args, data=data_dir),
-        isolated_env(tmp_path),
-        tmp_path,
-        deadline + HARD_CAP_S,
-        fuse_hang.track,
-        fuse_hang.abort,
-    )
-    assert_answered_by(outcome, deadline, clear)
-    assert clear(outcome), outcome.describe()
-    assert "clear" in outcome.stdout + outcome.stderr or outcome.args[0] in ("wait", "run")
-
-
-@pytest.mark.parametrize(("args", "deadline"), UNRELATED_CASES)
-def test_unrelated_file_on_a_dead_mount_does_not_crash_the_answer(
-    fuse_hang, data_dir, tmp_path, args, deadline
-):
-    """The daemon is gone (a crashed sshfs): a stat of the file fails at once with ENOTCONN."""
-    hold_open(fuse_hang, fuse_hang.mnt / "opencode.db")
-    fuse_hang.abort()
-    outcome = measure(
-        fill(args, data=data_dir),
-        isolated_env(tmp_path),
-        tmp_path,
-        deadline + HARD_CAP_S,
-        fuse_hang.track,
-    )
-    assert_answered_by(
-        outcome, deadline, lambda o: clear(o) or "not connected" in o.stdout + o.stderr
-    )
+    if mount == "answering":
+        assert clear(outcome), outcome.describe()
+        assert "clear" in outcome.stdout + outcome.stderr or outcome.args[0] in ("wait", "run")
 
 
 # -- b. a FIFO in place of the -wal or -shm beside a live holder -------------------------------
@@ -463,11 +440,15 @@ def may_run(mode: str, where: str) -> bool:
     return mode == "--isolate" and where != "tmpdir"
 
 
+@pytest.mark.parametrize("mount", ["hung", "answering"])
 @pytest.mark.parametrize(("mode", "where"), ON_MOUNT_CASES)
-def test_run_with_its_directories_on_a_hung_mount_answers_by_the_preflight_deadline(
-    fuse_hang, data_dir, tmp_path, mode, where
+def test_run_with_its_directories_on_a_mount_answers_by_the_preflight_deadline(
+    fuse_hang, data_dir, tmp_path, mode, where, mount
 ):
-    fuse_hang.hang()
+    """hung: by the deadline; answering, the control (a read-only filesystem): done long
+    before it, whatever it makes of a queue or temp dir it cannot write."""
+    if mount == "hung":
+        fuse_hang.hang()
     args, env = on_mount_run(mode, where, fuse_hang.mnt, data_dir, tmp_path)
     outcome = measure(
         args,
@@ -477,26 +458,11 @@ def test_run_with_its_directories_on_a_hung_mount_answers_by_the_preflight_deadl
         fuse_hang.track,
         fuse_hang.abort,
     )
-    assert_answered_by(
-        outcome, CHECK_DEFAULT_TIMEOUT, ran if may_run(mode, where) else lambda _o: False
-    )
-
-
-@pytest.mark.parametrize(("mode", "where"), ON_MOUNT_CASES)
-def test_control_run_with_its_directories_on_an_answering_mount_is_quick(
-    fuse_hang, data_dir, tmp_path, mode, where
-):
-    """The same with the daemon answering (a read-only filesystem): done long before the
-    deadline, whatever it makes of a queue or temp dir it cannot write."""
-    args, env = on_mount_run(mode, where, fuse_hang.mnt, data_dir, tmp_path)
-    outcome = measure(
-        args,
-        env,
-        tmp_path,
-        CHECK_DEFAULT_TIMEOUT + HARD_CAP_S,
-        fuse_hang.track,
-        fuse_hang.abort,
-    )
+    if mount == "hung":
+        assert_answered_by(
+            outcome, CHECK_DEFAULT_TIMEOUT, ran if may_run(mode, where) else lambda _o: False
+        )
+        return
     assert not outcome.overran, outcome.describe()
     assert outcome.elapsed <= CHECK_DEFAULT_TIMEOUT, outcome.describe()
     assert TRACEBACK not in outcome.stdout + outcome.stderr, outcome.describe()
