@@ -191,7 +191,7 @@ def _in_child(
         os.close(read_end)
         if not job.done.is_set():
             os.kill(pid, signal.SIGKILL)
-        _reap(pid)
+        _reap(pid, wait=job.done.is_set())
     if isinstance(job.value, Handed):
         job.value = Handed(job.value.value, tuple(received))  # type: ignore[assignment]
     else:
@@ -214,7 +214,14 @@ def _receive(sock_fd: int, received: list[int]) -> bytes:
 
 def _become_worker() -> None:  # pragma: no cover (runs in the child)
     """What a worker child must not share with the caller: the terminal's SIGINT (its parent
-    decides, and kills it) and the standard streams (a reader waits for their end)."""
+    decides, and kills it) and the standard streams (a reader waits for their end).
+
+    Within it, work runs in threads: the worker is itself killed at the deadline, and a fork
+    per step (the probe) would cost an import of SQLite each time. A thread stuck in the
+    kernel keeps only the worker from exiting, after its answer has gone up.
+    """
+    global _processes
+    _processes = False
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:  # the name other sqlprobe processes know it by (procfs.is_sqlprobe)
         with open("/proc/self/comm", "w") as comm:
@@ -272,12 +279,12 @@ def _take_frames(buf: bytes, job: Job[T], deadline: Deadline | None) -> bytes:
 REAP_S = 0.1  # how long to wait for a worker that answered (or was killed) to be gone
 
 
-def _reap(pid: int) -> None:
-    """Collect worker `pid` once it is gone (it answered or was killed: at once, unless it is
-    blocked in the kernel), within REAP_S; and any earlier one that has gone since. A stuck one
-    stays listed, and becomes init's when sqlprobe exits."""
+def _reap(pid: int, wait: bool) -> None:
+    """Collect worker `pid` once it is gone, within REAP_S when it answered (it is exiting);
+    and any earlier one that has gone since. One that was killed is not waited for (one blocked
+    in the kernel never goes): it stays listed, and becomes init's when sqlprobe exits."""
     try:
-        pidfd = os.pidfd_open(pid)
+        pidfd = os.pidfd_open(pid) if wait else None
     except OSError:
         pidfd = None
     if pidfd is not None:

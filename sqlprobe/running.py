@@ -295,7 +295,7 @@ def _still_named(fd: int, dfd: int, directory: str, name: str) -> bool:
 
 
 def _kind(mode: int) -> str:
-    """"a FIFO", "a symlink", "a regular file": what a file of this st_mode is."""
+    """ "a FIFO", "a symlink", "a regular file": what a file of this st_mode is."""
     kind = file_type(mode)
     return "a regular file" if kind is None else f"a {kind.replace('symbolic link', 'symlink')}"
 
