@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -14,9 +15,10 @@ import click
 from .cli import Command, Seconds, _guarded, path_argument
 
 EXIT_REFUSED_HELP = """\b
-Exit codes: the command's own once it runs; when sqlprobe refuses to run it, the
-state's code (3 shared, 4 busy, 5 stuck, 6 error); 126/127 when the command cannot be
-executed or is not found; 130 when interrupted (Ctrl-C) before it runs; 2 a usage error.
+Exit codes: the command's own once it runs; when sqlprobe refuses to
+run it, the state's code (4 busy, 5 stuck, 6 error; 3 shared, with
+--require-clear); 126/127 when the command cannot be executed or is not
+found; 130 when interrupted (Ctrl-C) before it runs; 2 a usage error.
 """
 
 
@@ -27,10 +29,34 @@ class _CommandAfterDashes(Command):
         if "--" in args:
             cut = args.index("--")
             ctx.meta["command"] = args[cut + 1 :]
-            args = args[:cut]
-        else:
-            ctx.meta["command"] = []
-        return super().parse_args(ctx, args)
+            return super().parse_args(ctx, args[:cut])
+        ctx.meta["command"] = []
+        try:
+            return super().parse_args(ctx, list(args))  # click consumes the list it is given
+        except click.UsageError as err:
+            # `sqlprobe run opencode run hi`: the command's words read as extra arguments.
+            words = self._positionals(args)
+            if len(words) < 2:
+                raise
+            raise click.UsageError(
+                f"put the command after --: sqlprobe run [PATH] -- {shlex.join(words)}", ctx
+            ) from err
+
+    def _positionals(self, args: list[str]) -> list[str]:
+        """`args` from the first word that is neither an option of ours nor its value."""
+        valued = {
+            name
+            for p in self.params
+            if isinstance(p, click.Option) and not p.is_flag
+            for name in p.opts
+        }
+        i = 0
+        while i < len(args) and args[i].startswith("-") and args[i] != "-":
+            i += 2 if args[i] in valued else 1
+        return args[i:]
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return [*super().collect_usage_pieces(ctx), "--", "COMMAND..."]
 
 
 class _Status:
@@ -104,10 +130,11 @@ _until = click.option(
 def wait(path: str | None, timeout: float, until: str, quiet: bool) -> None:
     """Wait until a new instance would not block (or until nobody holds the database).
 
-    Polls cheaply (/proc/locks first; the full check only when something may have changed).
-    Exit 0 as soon as the state is reached; after --timeout, the exit code of the last state
-    seen (3 shared, 4 busy, 5 stuck, 6 error). On a terminal, one live status line on stderr
-    says what it waits on.
+    Polls cheaply (/proc/locks first; the full check only when something may have changed,
+    and every 3 s). Exit 0 as soon as the state is reached; 5 as soon as a holder is found
+    stuck (waiting will not help); after --timeout, the exit code of the last complete check
+    (3 shared, 4 busy, 6 error). On a terminal, one live status line on stderr says what it
+    waits on.
 
     \b
     Example:
@@ -130,11 +157,12 @@ def wait(path: str | None, timeout: float, until: str, quiet: bool) -> None:
             status.clear()
     code = 0 if result.reached else int(result.verdict.exit_code)
     if not quiet and not result.reached:
-        click.echo(
-            f"sqlprobe: still {result.verdict.state.value} after {seconds(timeout)} s:"
-            f" {result.verdict.reason}",
-            err=True,
-        )
+        verdict = result.verdict
+        # Stuck ends the wait at once (waiting will not help): said as `check` says it.
+        said = verdict.state.value
+        if said != "stuck":
+            said = f"still {said} after {seconds(timeout)} s"
+        click.echo(f"sqlprobe: {said}: {verdict.reason}", err=True)
     sys.exit(code)
 
 
@@ -146,14 +174,28 @@ def wait(path: str | None, timeout: float, until: str, quiet: bool) -> None:
     type=Seconds(0, 86400),
     default=None,
     metavar="SECONDS",
-    help="Wait up to this long for the database (and with --serialize, the queue) instead of"
-    " refusing at once.",
+    help="Wait up to this long while the state blocks (busy, or error; with --require-clear,"
+    " shared too), and with --serialize for the queue, instead of refusing at once. A stuck"
+    " holder refuses at once: waiting will not help.",
+)
+@click.option(
+    "--timeout",
+    type=Seconds(0.1, 3600),
+    default=3.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="The preflight check answers within this long (with --wait, each of its checks).",
+)
+@click.option(
+    "--require-clear",
+    is_flag=True,
+    help="Run only when nobody else holds the database: `shared` refuses (or, with --wait, waits).",
 )
 @click.option(
     "--allow",
     type=click.Choice(["shared"]),
     default=None,
-    help="Also run when others hold the database without blocking (`shared`).",
+    help="The default now: run alongside holders that do not block. Kept for old scripts.",
 )
 @click.option(
     "--serialize",
@@ -173,6 +215,8 @@ def wait(path: str | None, timeout: float, until: str, quiet: bool) -> None:
 def run(
     path: str | None,
     wait_s: float | None,
+    timeout: float,
+    require_clear: bool,
     allow: str | None,
     serialize: bool,
     isolate: bool,
@@ -180,15 +224,18 @@ def run(
 ) -> None:
     """Preflight, then run COMMAND in place of sqlprobe: sqlprobe run [PATH] -- COMMAND...
 
-    Without --wait, a blocking state refuses at once, with the reason on stderr and that
-    state's exit code; `shared` refuses too unless --allow shared. Once it runs, COMMAND
-    replaces sqlprobe (exec): its signals and exit status are its own.
+    It runs when a new instance would not block: the database clear, or `shared` (others hold
+    it open, none a lock a new instance needs). A blocking state refuses at once, with the
+    reason on stderr and that state's exit code, or with --wait once the time is up; a stuck
+    holder refuses at once either way. Once it runs, COMMAND replaces sqlprobe (exec): its
+    signals and exit status are its own.
 
     \b
     Example:
       sqlprobe run -- opencode run "review this diff"
-      sqlprobe run --wait 60 --allow shared -- opencode run "fix the tests"
-      sqlprobe run --serialize -- opencode run "review with provider A"   # one at a time
+      sqlprobe run --wait 60 -- opencode run "fix the tests"
+      sqlprobe run --require-clear -- opencode run "migrate"  # nobody else in it
+      sqlprobe run --serialize -- opencode run "review, model A"  # one at a time
       sqlprobe run --isolate -- opencode run "a throwaway session"
     """
     from . import running
@@ -199,17 +246,21 @@ def run(
         raise click.UsageError("give the command after --: sqlprobe run -- opencode run ...")
     if keep and not isolate:
         raise click.UsageError("--keep only goes with --isolate")
-    if isolate and (serialize or allow):
-        raise click.UsageError("--isolate has a database of its own: drop --serialize/--allow")
+    if require_clear and allow:
+        raise click.UsageError("--require-clear and --allow shared say opposite things")
+    if isolate and (serialize or require_clear):
+        raise click.UsageError(
+            "--isolate has a database of its own: drop --serialize/--require-clear"
+        )
     name = running.shown(command[0])
     status = _Status()
     if isolate:
         # Its own database, but not its own lock directory: opencode's locks still apply.
-        _preflight(path, "unblocked", wait_s, status, name, databases=False)
+        _preflight(path, "unblocked", wait_s, timeout, status, name, databases=False)
         with _refusing_on_overrun(name, status):
             code = _run_isolated(command, keep)
         sys.exit(code)
-    until = "unblocked" if allow == "shared" else "clear"
+    until = "clear" if require_clear else "unblocked"
     if serialize:
         from .text import safe
         from .verdict import ExitCode
@@ -236,7 +287,7 @@ def run(
                 err=True,
             )
             sys.exit(4)
-    _preflight(path, until, wait_s, status, name)
+    _preflight(path, until, wait_s, timeout, status, name)
     sys.exit(running.exec_command(command))
 
 
@@ -259,11 +310,13 @@ def _preflight(
     path: str | None,
     until: str,
     wait_s: float | None,
+    timeout: float,
     status: _Status,
     name: str,
     databases: bool = True,
 ) -> None:
-    """Exit with the state's code unless it is `until` (at once, or within `wait_s`).
+    """Exit with the state's code unless it is `until` (at once, or within `wait_s`; a stuck
+    state at once all the same). Each check is given `timeout`.
 
     `databases` False: only opencode's own locks count (an isolated run has its own database).
     """
@@ -280,15 +333,16 @@ def _preflight(
                 timeout=wait_s,
                 on_status=lambda v, t: status.show(_waiting_on(v, t)),
                 databases=databases,
+                check_timeout=timeout,
             )
         finally:  # Ctrl-C too
             status.clear()
         verdict, reached = result.verdict, result.reached
     else:
-        verdict = judge(check(path, databases=databases))
+        verdict = judge(check(path, databases=databases, timeout=timeout))
         reached = verdict.state in UNTIL[until]
     if not reached:
-        hint = " (--allow shared runs alongside)" if verdict.state.value == "shared" else ""
+        hint = " (--require-clear)" if verdict.state.value == "shared" else ""
         click.echo(f"sqlprobe: not running {name}: {verdict.reason}{hint}", err=True)
         sys.exit(int(verdict.exit_code))
 
@@ -314,10 +368,10 @@ def _run_isolated(command: list[str], keep: bool) -> int:
 HOOKS = {
     "bash": """\
 # sqlprobe: wrap `opencode run` with a preflight; every other opencode command is untouched.
-# Load it with: eval "$(sqlprobe hook bash{args})"
+# Load it with: eval "$({sqlprobe} hook bash{args})"
 opencode() {{
   if [ "${{1-}}" = run ]; then
-    command sqlprobe run{run_args} -- opencode "$@"
+    command {sqlprobe} run{run_args} -- opencode "$@"
   else
     command opencode "$@"
   fi
@@ -325,10 +379,10 @@ opencode() {{
 """,
     "zsh": """\
 # sqlprobe: wrap `opencode run` with a preflight; every other opencode command is untouched.
-# Load it with: eval "$(sqlprobe hook zsh{args})"
+# Load it with: eval "$({sqlprobe} hook zsh{args})"
 opencode() {{
   if [[ "${{1-}}" == run ]]; then
-    command sqlprobe run{run_args} -- opencode "$@"
+    command {sqlprobe} run{run_args} -- opencode "$@"
   else
     command opencode "$@"
   fi
@@ -336,16 +390,71 @@ opencode() {{
 """,
     "fish": """\
 # sqlprobe: wrap `opencode run` with a preflight; every other opencode command is untouched.
-# Load it with: sqlprobe hook fish{args} | source
+# Load it with: {sqlprobe} hook fish{args} | source
 function opencode --wraps opencode --description 'opencode, with a sqlprobe preflight for run'
     if test (count $argv) -gt 0; and test "$argv[1]" = run
-        command sqlprobe run{run_args} -- opencode $argv
+        command {sqlprobe} run{run_args} -- opencode $argv
     else
         command opencode $argv
     end
 end
 """,
 }
+
+
+def _fish_quote(word: str) -> str:
+    """fish's single quotes: only \\ and \' are special inside them (shlex.quote is POSIX)."""
+    if word and all(c.isalnum() or c in "@%+=:,./-_" for c in word):
+        return word
+    return "'" + word.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _running_sqlprobe() -> list[str] | None:
+    """The command that runs this sqlprobe, by absolute path; None if only the cwd has it.
+
+    The console script is sys.argv[0]. Under `python -m sqlprobe` (or a caller in-process) it
+    is this environment's console script, else this interpreter with -m."""
+    import sysconfig
+
+    argv0 = sys.argv[0]
+    if os.path.basename(argv0) == "sqlprobe" and os.access(argv0, os.X_OK):
+        return [os.path.abspath(argv0)]  # not resolved: a pipx link outlives a reinstall
+    schemes = [sysconfig.get_default_scheme()]
+    if sys.prefix == sys.base_prefix:  # a venv sees no user site
+        schemes.append(f"{os.name}_user")
+    for scheme in schemes:
+        script = os.path.join(sysconfig.get_path("scripts", scheme), "sqlprobe")
+        if os.path.isfile(script) and os.access(script, os.X_OK):
+            return [script]
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.realpath(package_root) == os.path.realpath(os.getcwd()):
+        return None  # imported from the current directory only: elsewhere it is not found
+    return [sys.executable, "-m", "sqlprobe"]
+
+
+def _hook_command(shell: str) -> str:
+    """How the function calls sqlprobe: by name when PATH leads to this one, else by path."""
+    running = _running_sqlprobe()
+    on_path = shutil.which("sqlprobe")
+    if on_path and (running is None or (len(running) == 1 and _same_file(on_path, running[0]))):
+        return "sqlprobe"
+    if running is None:
+        click.echo(
+            "sqlprobe: error: no sqlprobe for the function to call: this one runs only from "
+            "the current directory, and none is on PATH; install it (pipx install . or "
+            "pip install --user .) and put ~/.local/bin on PATH",
+            err=True,
+        )
+        sys.exit(6)
+    quote = _fish_quote if shell == "fish" else shlex.quote
+    return " ".join(quote(word) for word in running)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 @click.command(cls=Command)
@@ -361,26 +470,42 @@ end
 )
 @click.option("--serialize", is_flag=True, help="The wrapped runs queue, one at a time.")
 @click.option(
-    "--allow", type=click.Choice(["shared"]), default=None, help="Run alongside idle holders."
+    "--require-clear",
+    is_flag=True,
+    help="The wrapped runs refuse (or wait) while another process has the database open.",
+)
+@click.option(
+    "--allow",
+    type=click.Choice(["shared"]),
+    default=None,
+    help="Run alongside idle holders: the default now, kept for old scripts.",
 )
 @_guarded
-def hook(shell: str, wait_s: float, serialize: bool, allow: str | None) -> None:
+def hook(
+    shell: str, wait_s: float, serialize: bool, require_clear: bool, allow: str | None
+) -> None:
     """Print a shell function that wraps `opencode run` with `sqlprobe run`.
 
     Every other opencode subcommand passes through untouched. The options are baked into the
-    function.
+    function. It calls `sqlprobe` by name when PATH leads to this sqlprobe, else this one by
+    its absolute path (say .venv/bin/sqlprobe, not on PATH), so the function always runs;
+    exit 6 if this one can only run from the current directory and none is on PATH.
 
     \b
     Example:
       eval "$(sqlprobe hook bash)"                  # in ~/.bashrc
       eval "$(sqlprobe hook zsh --serialize)"       # in ~/.zshrc
-      sqlprobe hook fish | source                   # in ~/.config/fish/config.fish
+      sqlprobe hook fish | source              # in ~/.config/fish/config.fish
     """
+    if require_clear and allow:
+        raise click.UsageError("--require-clear and --allow shared say opposite things")
     options = []
     if wait_s:
         options += ["--wait", f"{wait_s:.15g}"]  # as given: the wrapped runs parse it back
     if serialize:
         options.append("--serialize")
+    if require_clear:
+        options.append("--require-clear")
     if allow:
         options += ["--allow", allow]
     run_args = "".join(f" {shlex.quote(o)}" for o in options)
@@ -388,6 +513,8 @@ def hook(shell: str, wait_s: float, serialize: bool, allow: str | None) -> None:
     if wait_s != 30.0:
         given += ["--wait", f"{wait_s:.15g}"]
     given += ["--serialize"] if serialize else []
+    given += ["--require-clear"] if require_clear else []
     given += ["--allow", allow] if allow else []
     args = "".join(f" {o}" for o in given)
-    click.echo(HOOKS[shell].format(args=args, run_args=run_args), nl=False)
+    sqlprobe = _hook_command(shell)
+    click.echo(HOOKS[shell].format(sqlprobe=sqlprobe, args=args, run_args=run_args), nl=False)

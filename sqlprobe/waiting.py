@@ -3,7 +3,9 @@
 Each poll reads /proc/locks first and keeps only the lines on the database's files: while a
 blocking lock (or, waiting for `clear`, any lock) is there, the answer is known without the full
 snapshot. Only when the cheap look says "maybe" does a full check run (the /proc/PID/fd scan,
-F_GETLK, the window), and only its verdict ends the wait.
+F_GETLK, the window), and only its verdict ends the wait; and every RECHECK_INTERVAL all the
+same, since a holder that keeps its lock may have stopped. A stuck verdict ends the wait at once:
+waiting will not help.
 """
 
 from __future__ import annotations
@@ -18,10 +20,16 @@ from .effects import effective_mode, outcome
 from .layout import decode
 from .model import FileKind, Snapshot
 from .procfs import ProcFS
-from .snapshot import DEFAULT_TIMEOUT, DEFAULT_WINDOW, check
+from .snapshot import AFTER_WINDOW_S, DEFAULT_TIMEOUT, DEFAULT_WINDOW, check
 from .verdict import State, Verdict, judge
 
 POLL_INTERVAL = 0.1
+# While the cheap polls see the same lock held, a full check every so often still: a holder that
+# was working may have stopped (stuck: waiting will not help) or handed the lock on.
+RECHECK_INTERVAL = 3.0
+# What a full check needs besides its window to finish it: the scan before it, and the margin
+# the snapshot keeps after it (snapshot.AFTER_WINDOW_S). A check with less is cut short.
+SCAN_ALLOWANCE = 0.25
 UNTIL = {
     "clear": frozenset({State.CLEAR}),
     "unblocked": frozenset({State.CLEAR, State.SHARED}),
@@ -29,7 +37,7 @@ UNTIL = {
 
 
 class WaitResult(NamedTuple):
-    reached: bool
+    reached: bool  # False: the time ran out, or the state is stuck (waiting will not help)
     snapshot: Snapshot
     verdict: Verdict
     waited_s: float
@@ -45,34 +53,59 @@ def wait(
     poll: float = POLL_INTERVAL,
     on_status: Callable[[Verdict, float], None] | None = None,
     procfs: ProcFS | None = None,
+    check_timeout: float = DEFAULT_TIMEOUT,
     **check_options: object,
 ) -> WaitResult:
-    """Poll until the verdict is in UNTIL[until], or `timeout` seconds have passed."""
+    """Poll until the verdict is in UNTIL[until], or `timeout` seconds have passed, or the state
+    is stuck (a holder making no progress: waiting will not help).
+
+    Each full check is given `check_timeout`, or what is left of `timeout` if less. A check
+    that would have too little left to finish its window is still taken, for its chance to
+    find the state reached, but a verdict it cut short is not the answer: the last complete
+    one is (only a first check has none before it: a `timeout` shorter than a check).
+    """
     accept = UNTIL[until]
     proc = procfs or ProcFS()
     started = time.monotonic()
     end = started + timeout
     full = 0
+    complete: tuple[Snapshot, Verdict] | None = None
     while True:
-        budget = max(0.1, min(DEFAULT_TIMEOUT, end - time.monotonic()))
+        budget = min(check_timeout, end - time.monotonic())
+        if complete is None:
+            budget = max(0.1, min(check_timeout, timeout))
+        elif budget <= 0:
+            return WaitResult(False, *complete, time.monotonic() - started, full)
         snapshot = check(path, env, window=window, procfs=proc, timeout=budget, **check_options)
         verdict = judge(snapshot)
         full += 1
         waited = time.monotonic() - started
-        if verdict.state in accept or time.monotonic() >= end:
-            return WaitResult(verdict.state in accept, snapshot, verdict, waited, full)
+        if verdict.state in accept:
+            return WaitResult(True, snapshot, verdict, waited, full)
+        if not snapshot.cut_short or complete is None:
+            complete = snapshot, verdict
+        snapshot, verdict = complete
+        if verdict.state is State.STUCK or time.monotonic() >= end:
+            return WaitResult(False, snapshot, verdict, waited, full)
         if on_status:
             on_status(verdict, waited)
-        # Cheap polls until something may have changed (or the time is up).
+        # Cheap polls until something may have changed (or the time is up), with a full check
+        # every RECHECK_INTERVAL all the same.
+        recheck = time.monotonic() + RECHECK_INTERVAL
         while time.monotonic() < end:
             time.sleep(min(poll, max(0.0, end - time.monotonic())))
-            budget = min(POLL_INTERVAL * 10, max(0.0, end - time.monotonic()))
+            now = time.monotonic()
+            if now >= recheck and end - now >= window + AFTER_WINDOW_S + SCAN_ALLOWANCE:
+                break
+            budget = min(POLL_INTERVAL * 10, max(0.0, end - now))
             if not _still_held(proc, snapshot, until) and not _locks_still_block(
                 proc, verdict, budget
             ):
                 break
             if on_status:
                 on_status(verdict, time.monotonic() - started)
+        if time.monotonic() >= end:
+            return WaitResult(False, snapshot, verdict, time.monotonic() - started, full)
 
 
 def _still_held(proc: ProcFS, snapshot: Snapshot, until: str) -> bool:

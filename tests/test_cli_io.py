@@ -163,9 +163,7 @@ def test_a_command_to_copy_quotes_an_odd_path_for_the_shell(tmp_path, holder):
     env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
     result = sqlprobe("check", "--no-probe", db, env=env)
     assert (result.returncode, result.stderr) == (3, "")
-    assert f"sqlprobe run --wait 60 --allow shared $'{tmp_path}/h\\xff\\x1b[2J.db' --" in (
-        result.stdout
-    )
+    assert f"sqlprobe run --wait 60 $'{tmp_path}/h\\xff\\x1b[2J.db' --" in (result.stdout)
     assert "\x1b" not in result.stdout
 
 
@@ -258,7 +256,7 @@ def test_diagnose_prints_its_error_on_stderr_as_check_does(tmp_path):
 
 
 def test_ctrl_c_during_wait_exits_130_and_says_nothing_more(wal_db, holder, terminal):
-    h = holder(wal_db, "wal-write")
+    h = holder(wal_db, "wal-write", "--spin")  # busy: a stuck holder ends the wait at once
     waiting = terminal([*SQLPROBE, "wait", str(wal_db), "--timeout", "30"])
     waiting.read_until(b"sqlprobe: waiting")
     waiting.read_until(f"on pid {h.pid}".encode())
@@ -271,7 +269,7 @@ def test_ctrl_c_during_wait_exits_130_and_says_nothing_more(wal_db, holder, term
 
 
 def test_ctrl_c_while_queued_exits_130_and_frees_the_queue(tmp_path, wal_db, holder, terminal):
-    holder(wal_db, "wal-write")
+    holder(wal_db, "wal-write", "--spin")  # busy: a stuck holder ends the wait at once
     env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)}
     queued = terminal(
         [*SQLPROBE, "run", "--serialize", "--wait", "30", str(wal_db), "--", "true"], env

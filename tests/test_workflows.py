@@ -103,13 +103,6 @@ def test_run_refuses_a_busy_database_with_the_reason(wal_db, holder):
     assert "has held the WAL write lock" in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_run_refuses_shared_unless_allowed(wal_db, holder):
-    holder(wal_db, "wal-idle")
-    refused = sqlprobe("run", str(wal_db), "--", "true")
-    assert refused.returncode == 3 and "(--allow shared runs alongside)" in refused.stderr
-    assert sqlprobe("run", str(wal_db), "--allow", "shared", "--", "true").returncode == 0
-
-
 def test_run_passes_the_exit_status_through(wal_db):
     assert sqlprobe("run", str(wal_db), "--", sys.executable, "-c", "exit(7)").returncode == 7
 
