@@ -67,6 +67,11 @@ class PathArgument(click.ParamType):
             )
         return value
 
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> Any:
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(incomplete, type="file")]  # the shell completes file names
+
 
 def path_argument(func: F) -> F:
     """The optional PATH of every command that looks at a database."""
@@ -286,17 +291,36 @@ def _take(
     return snapshot, verdict
 
 
-def _report(snapshot: Any, verdict: Any) -> tuple[str, bool]:
+def _report(snapshot: Any, verdict: Any, wide: bool = False) -> tuple[str, bool]:
     """The human report, and whether it is coloured."""
     from .render import human
     from .targets import opencode_data_dir
 
     color = _colored()
-    return human(snapshot, verdict, _styler(color), opencode_data_dir(os.environ)), color
+    data_dir = opencode_data_dir(os.environ)
+    return human(snapshot, verdict, _styler(color), data_dir, _width(), wide), color
+
+
+def _width() -> int | None:
+    """The terminal's width (COLUMNS first) when stdout is one; None to a pipe: lines whole."""
+    import shutil
+
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+
+def wide_option(func: F) -> F:
+    """--wide, of the commands that print holders' tables."""
+    return click.option(
+        "--wide",
+        is_flag=True,
+        help="Show every column and whole command lines; wrap nothing (as to a pipe).",
+    )(func)
 
 
 def _colored() -> bool:
-    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    # As NO_COLOR, TERM=dumb says that the terminal takes no escape sequences.
+    dumb = os.environ.get("TERM") == "dumb"
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR") and not dumb
 
 
 def _one_line_error(snapshot: Any, verdict: Any) -> bool:
@@ -309,6 +333,7 @@ def _one_line_error(snapshot: Any, verdict: Any) -> bool:
 @cli.command()
 @snapshot_options
 @output_options
+@wide_option
 @_guarded
 def check(
     path: str | None,
@@ -320,13 +345,14 @@ def check(
     thorough: bool,
     as_json: bool,
     quiet: bool,
+    wide: bool,
 ) -> None:
     """Say whether a new instance would start now, or block, on which process, for how long.
 
     PATH is an opencode data dir (its opencode.db and opencode-*.db are checked), or a
     database file. Without PATH: $OPENCODE_DB if set (relative to the data dir), else
-    $XDG_DATA_HOME/opencode, else ~/.local/share/opencode. A PATH that does not exist is
-    clear: a new instance would create the database.
+    $XDG_DATA_HOME/opencode, else ~/.local/share/opencode. A PATH that does not exist, in
+    a directory that does, is clear: a new instance would create the database.
 
     For opencode's own data (no PATH, or PATH is its data dir or database), opencode's lock
     directories are judged too ($XDG_STATE_HOME/opencode/locks, else
@@ -357,14 +383,15 @@ def check(
     elif _one_line_error(snapshot, verdict):
         click.echo(f"sqlprobe: error: {verdict.reason}", err=True)
     else:
-        report, color = _report(snapshot, verdict)
+        report, color = _report(snapshot, verdict, wide)
         click.echo(report, color=color)
     sys.exit(int(verdict.exit_code))
 
 
 @cli.command()
 @snapshot_options
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@output_options
+@wide_option
 @_guarded
 def diagnose(
     path: str | None,
@@ -375,6 +402,8 @@ def diagnose(
     probe_live: bool,
     thorough: bool,
     as_json: bool,
+    quiet: bool,
+    wide: bool,
 ) -> None:
     """Everything check knows, plus what you would otherwise gather by hand per holder.
 
@@ -398,8 +427,12 @@ def diagnose(
     from .text import seconds
     from .verdict_opencode import likely_lock_waiters
 
+    if as_json and quiet:
+        raise click.UsageError("--json and --quiet cannot be used together")
     started = time.monotonic()
     snapshot, verdict = _take(path, window, timeout, busy_timeout, no_probe, probe_live, thorough)
+    if quiet:  # as check -q: nothing to show, so nothing gathered
+        sys.exit(int(verdict.exit_code))
     job = run_until(lambda: gather(snapshot), timeout - (time.monotonic() - started))
     diagnosis = job.get() if job.done.is_set() else None
     missing = f"no diagnosis: the {seconds(timeout)} s timeout came first"
@@ -414,7 +447,7 @@ def diagnose(
         if _one_line_error(snapshot, verdict):
             click.echo(f"sqlprobe: error: {verdict.reason}", err=True)  # as check says it
         else:
-            parts.append(_report(snapshot, verdict)[0])
+            parts.append(_report(snapshot, verdict, wide)[0])
         home = snapshot.opencode.home if snapshot.opencode else ""
         parts.append(
             diagnosis_text(diagnosis, _styler(color), likely, home)

@@ -28,7 +28,7 @@ from .model import (
 )
 from .opencode.flock import key_words
 from .opencode.paths import tildify
-from .text import duration, safe, shell_quote, shorten
+from .text import duration, safe, shell_quote, short_command, wrap
 from .verdict import Blocker, DatabaseVerdict, State, Verdict, skipped_caveat
 from .verdict_opencode import LockVerdict, OpencodeVerdict
 
@@ -292,59 +292,81 @@ def _lock_json(lock: Lock, dv: DatabaseVerdict) -> dict[str, Any]:
 # -- human ----------------------------------------------------------------------------------------
 
 
-def human(snapshot: Snapshot, verdict: Verdict, style: Any, data_dir: str) -> str:
+def human(
+    snapshot: Snapshot,
+    verdict: Verdict,
+    style: Any,
+    data_dir: str,
+    width: int | None = None,
+    wide: bool = False,
+) -> str:
     """The human report: the verdict line, a table per database, warnings, what to do.
 
     `style(text, fg=..., bold=...)` colours text (click.style, or a no-op without colour);
-    `data_dir` is opencode's data dir, where the advice finds auth.json.
+    `data_dir` is opencode's data dir, where the advice finds auth.json. `width` is the
+    terminal's: prose is wrapped to it and the tables narrowed; None (a pipe) keeps every
+    line whole. `wide` shows every column and the full command lines, unwrapped.
     """
-    out = [f"{style(verdict.state.value, fg=COLOURS[verdict.state], bold=True)}: {verdict.reason}"]
+    if wide:
+        width = None
+    word = verdict.state.value
+    out = wrap(f"{word}: {verdict.reason}", width, hang="  ")
+    out[0] = style(word, fg=COLOURS[verdict.state], bold=True) + out[0][len(word) :]
     windowed = snapshot.samples > 1
     for db, dv in zip(snapshot.databases, verdict.databases, strict=True):
         if not db.exists or (db.error and len(snapshot.databases) == 1):
             continue  # the verdict line already says all there is
         out.append("")
         head = f"{safe(db.path)}  [{dv.journal_mode.value}]  "
+        if width is not None and len(head + dv.state.value) > width:
+            out.append(safe(db.path))  # whole, to copy; what it is on the next line
+            head = f"  [{dv.journal_mode.value}]  "
         out.append(head + style(dv.state.value, fg=COLOURS[dv.state]))
         if len(snapshot.databases) > 1 and dv.state is not State.CLEAR:
-            out.append(f"  {dv.reason}")
-        out.extend(f"  {line}" for line in state_lines(db))
+            out.extend(wrap(dv.reason, width, "  ", "    "))
+        for line in state_lines(db):
+            out.extend(wrap(line, width, "  ", "    "))
         if db.holders:
-            out.append(_indent(_holder_table(db, dv, windowed)))
+            out.extend(_holder_table(db, dv, windowed, width, wide))
             if windowed:
-                out.extend(f"  {line}" for line in health_lines(db, dv))
+                for line in health_lines(db, dv):
+                    out.extend(wrap(line, width, "  ", "    "))
         hidden = [lk for lk in (db.observations[0].locks if db.observations else ()) if not lk.pid]
         if hidden:
             cells = ", ".join(_lock_cell(lk, dv, windowed) for lk in hidden)
-            out.append(f"  locks whose holder sqlprobe cannot see: {cells}")
+            out.extend(
+                wrap(f"locks whose holder sqlprobe cannot see: {cells}", width, "  ", "    ")
+            )
     if snapshot.opencode is not None and verdict.opencode is not None:
         out.append("")
-        out.extend(opencode_lines(snapshot.opencode, verdict.opencode))
+        out.extend(opencode_lines(snapshot.opencode, verdict.opencode, width, wide))
     legend = _legend(snapshot, verdict, windowed)
     if legend:
         out.append("")
         out.extend(legend)
     if snapshot.skipped_processes:
         n = snapshot.skipped_processes
-        out.append(f"not scanned: {n} {skipped_caveat(n)}")
+        out.extend(wrap(f"not scanned: {n} {skipped_caveat(n)}", width, hang="  "))
     for warning in all_warnings(snapshot, verdict):
-        out.append(style(f"warning: {safe(warning)}", fg="yellow"))
+        lines = wrap(f"warning: {safe(warning)}", width, hang="  ")
+        out.extend(style(line, fg="yellow") for line in lines)
     advice = _advice(snapshot, verdict, data_dir)
     if advice:
         out.append("")
         out.append("What you can do:")
-        out.extend(f"  - {line}" for line in advice)
+        for line in advice:
+            out.extend(wrap(line, width, "  - ", "    "))
     return "\n".join(out)
 
 
-def opencode_lines(state: OpencodeState, ov: OpencodeVerdict) -> list[str]:
+def opencode_lines(
+    state: OpencodeState, ov: OpencodeVerdict, width: int | None = None, wide: bool = False
+) -> list[str]:
     """opencode's lock directories: one row each, and which opencode the verdict assumed."""
     where = safe(tildify(state.locks_dir, state.home))
     version = f"opencode {state.version}" if state.version else "opencode (version unknown)"
     if not ov.locks:
         return [f"opencode's locks: none in {where}"]
-    from tabulate import tabulate
-
     rows = []
     for v in ov.locks:
         meta = v.lock.meta
@@ -361,12 +383,13 @@ def opencode_lines(state: OpencodeState, ov: OpencodeVerdict) -> list[str]:
                 duration(v.heartbeat_age_s),
                 blocks,
                 key_words(v.lock.key, state.home).removeprefix("opencode's "),
-                shorten(safe(found.command), 50) if found and found.alive else "-",
+                _command(found.command, wide) if found and found.alive else "-",
             ]
         )
     headers = ["STATE", "PID", "HELD", "HEARTBEAT", "BLOCKS", "LOCK", "COMMAND"]
-    table = tabulate(rows, headers=headers, tablefmt="plain", disable_numparse=True)
-    return [f"opencode's locks in {where} (judged for {version}):", _indent(table)]
+    steps = [("wrap", "LOCK"), ("drop", "HEARTBEAT"), ("drop", "HELD")]
+    head = wrap(f"opencode's locks in {where} (judged for {version}):", width, hang="  ")
+    return [*head, *_fitted(headers, rows, width, steps)]
 
 
 def state_lines(db: DatabaseSnapshot) -> list[str]:
@@ -469,9 +492,9 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _holder_table(db: DatabaseSnapshot, dv: DatabaseVerdict, windowed: bool) -> str:
-    from tabulate import tabulate  # only the table needs it: keep it off the --quiet path
-
+def _holder_table(
+    db: DatabaseSnapshot, dv: DatabaseVerdict, windowed: bool, width: int | None, wide: bool
+) -> list[str]:
     last = db.observations[-1]
     first = db.observations[0]
     rows = []
@@ -487,11 +510,78 @@ def _holder_table(db: DatabaseSnapshot, dv: DatabaseVerdict, windowed: bool) -> 
                 f"{sample.cpu_s:.2f}s" if sample else "?",
                 ",".join(k.value for k in h.files) if h.fds_readable else "?",
                 " ".join(_lock_cell(lk, dv, windowed) for lk in locks) or "-",
-                safe(h.command) or "?",
+                _command(h.command, wide) or "?",
             ]
         )
     headers = ["PID", "USER", "STATE", "AGE", "CPU", "FILES", "LOCKS", "COMMAND"]
-    return tabulate(rows, headers=headers, tablefmt="plain", disable_numparse=True)
+    steps = [("drop", "FILES"), ("wrap", "LOCKS"), ("drop", "USER"), ("drop", "CPU")]
+    return _fitted(headers, rows, width, steps)
+
+
+def _command(command: str, wide: bool) -> str:
+    """A command line as a table shows it: whole with --wide, else from its program's name."""
+    return safe(command) if wide else short_command(safe(command))
+
+
+# The COMMAND column keeps at least this much before other columns go; cut to fit after that.
+MIN_COMMAND = 28
+WRAP_CELL = 24
+
+
+def _fitted(
+    headers: list[str], rows: list[list[Any]], width: int | None, steps: list[tuple[str, str]]
+) -> list[str]:
+    """A plain table, indented two spaces, whose last column is COMMAND: at `width` columns,
+    `steps` are taken in turn ("drop" a column, "wrap" one's words onto lines) until COMMAND
+    has MIN_COMMAND columns (or all it needs), then COMMAND is cut to what is left. What was
+    left out is said below the table, with how to see it."""
+    import tabulate  # only the tables need it: keep it off the --quiet path
+
+    def table(cols: list[str], cells: list[list[Any]]) -> str:
+        # Fitting a terminal, headers get no padding beyond the 2-space gap (tabulate's
+        # MIN_PADDING, a module global: restored at once).
+        padding = tabulate.MIN_PADDING
+        tabulate.MIN_PADDING = padding if width is None else 0
+        try:
+            return tabulate.tabulate(cells, headers=cols, tablefmt="plain", disable_numparse=True)
+        finally:
+            tabulate.MIN_PADDING = padding
+
+    cols, cells = list(headers), [list(r) for r in rows]
+    if width is None:
+        return [_indent(table(cols, cells))]
+    need = max(len(str(r[-1])) for r in cells)
+    dropped = []
+
+    def room() -> int:  # columns left for COMMAND: the indent, the others, a 2-space gap
+        rest = table(cols[:-1], [r[:-1] for r in cells])
+        return width - 2 - max(map(len, rest.splitlines())) - 2
+
+    for action, name in steps:  # wrapping loses nothing: done until COMMAND fits whole
+        if room() >= need or (action == "drop" and room() >= min(MIN_COMMAND, need)):
+            continue
+        i = cols.index(name)
+        if action == "drop":
+            dropped.append(name)
+            del cols[i]
+            for r in cells:
+                del r[i]
+        else:
+            for r in cells:
+                text = str(r[i])
+                longest = max(map(len, text.split()), default=0)
+                r[i] = "\n".join(wrap(text, max(WRAP_CELL, longest)))
+    fit = max(room(), 10)
+    cut = need > fit
+    for r in cells:
+        r[-1] = short_command(str(r[-1]), fit)
+    lines = [_indent(table(cols, cells))]
+    if dropped or cut:
+        what = [f"{', '.join(dropped)} hidden"] if dropped else []
+        what += ["commands cut"] if cut else []
+        note = f"({', '.join(what)}, to fit {width} columns: --wide shows all)"
+        lines.extend(wrap(note, width, "  ", "    "))
+    return lines
 
 
 def _lock_cell(lock: Lock, dv: DatabaseVerdict, windowed: bool) -> str:
@@ -534,24 +624,35 @@ def _advice(snapshot: Snapshot, verdict: Verdict, data_dir: str) -> list[str]:
     if locks:
         return _lock_advice(locks, snapshot, target)
     blockers = [b for dv in verdict.databases for b in dv.blockers]
+    if state is State.SHARED:  # two short lines: the verdict line has said why
+        return [
+            f"if a holder writes, runs wait: sqlprobe run --wait 60 {target} -- opencode run ...",
+            "or queue runs: sqlprobe run --serialize -- ..., or isolate one: sqlprobe run"
+            " --isolate -- ...",
+        ]
     isolate = (
         "isolate the run: sqlprobe run --isolate -- opencode run ... gives it its own database"
-        " while credentials stay shared (its session is not in the shared history); a per-run"
-        f" XDG_DATA_HOME also works but needs {safe(data_dir)}/auth.json copied in"
+        " while credentials stay shared (its session is not in the shared history)"
     )
-    if state is State.SHARED:
-        return [
-            "nothing blocks a new instance now; a holder that starts writing could still make a"
-            f" later run wait: start it with sqlprobe run --wait 60 --allow shared {target} --"
-            " opencode run ..., queue runs with sqlprobe run --serialize, or " + isolate
-        ]
+    auth = f"{data_dir}/auth.json"
+    if _is_file(auth):  # a per-run data dir has no credentials unless they are copied in
+        isolate += f"; a per-run XDG_DATA_HOME also works but needs {safe(auth)} copied in"
     lines = []
     stuck = [b for b in blockers if b.stuck]
     pids = sorted({b.lock.pid for b in (stuck or blockers) if b.lock.pid})
     if state is State.STUCK:
         lines.append("waiting will not help: the holder is making no progress")
-        if any(b.stuck and "stopped" in b.stuck for b in stuck):
-            lines.append(f"resume a stopped holder with kill -CONT {' '.join(map(str, pids))}")
+        stopped = sorted({b.lock.pid for b in stuck if b.lock.pid and "stopped" in b.stuck})
+        parked = [pid for pid in pids if pid not in stopped]
+        if stopped:
+            lines.append(f"resume a stopped holder with kill -CONT {' '.join(map(str, stopped))}")
+        if parked:
+            # SQLite rolls back what a killed process had not committed: in WAL mode its
+            # frames are ignored, in rollback mode the next opener plays back the hot journal.
+            lines.append(
+                f"end the stuck holder: kill {' '.join(map(str, parked))} (kill -9 if it stays);"
+                " what it had not committed is rolled back, what it committed is kept"
+            )
     else:
         lines.append(
             "wait: a working holder releases its lock when its transaction ends:"
@@ -568,6 +669,17 @@ def _advice(snapshot: Snapshot, verdict: Verdict, data_dir: str) -> list[str]:
         lines.append(_unnamed_holder(blockers))
     lines.append(isolate)
     return lines
+
+
+def _is_file(path: str) -> bool:
+    """Whether `path` is a file, asked apart and given 0.1 s: the data dir may be on a hung
+    filesystem, and the report must not wait on it (unanswered: no)."""
+    import os
+
+    from .deadline import run_until
+
+    job = run_until(lambda: os.path.isfile(path), 0.1, name="sqlprobe-auth")
+    return job.done.is_set() and job.error is None and bool(job.value)
 
 
 def _unnamed_holder(blockers: Iterable[Blocker]) -> str:

@@ -11,6 +11,7 @@ and every descriptor is closed before returning.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -371,7 +372,13 @@ def _open(path: str, own: frozenset[FileKey], warnings: list[str]) -> _Db:
             # Never opened. The verdict says what a new instance meets with it (SQLite's own
             # open of a FIFO -journal blocks for ever: non_regular_effect).
             if kind is FileKind.DB:
-                db.error = f"{side}: {is_a(what)}"
+                why = is_a(what)
+                if what == DANGLING:  # or a symlink loop, said as for a PATH that is one
+                    try:
+                        os.stat(side)
+                    except OSError as err:
+                        why = describe(err) if err.errno == errno.ELOOP else why
+                db.error = f"{side}: {why}"
             continue
         try:
             fd, st = open_regular(side, own)

@@ -12,11 +12,12 @@ from .dbfile import is_sqlite
 from .errors import CannotInspect
 from .files import describe, not_regular, open_regular, pread_at_most
 from .layout import DB_MAGIC
-from .model import FileKey
+from .model import FileKey, FileKind
 
 OPENCODE_DB = "opencode.db"
 CHANNEL_DB_PATTERN = "opencode-*.db"  # opencode's per-channel databases
 MEMORY = ":memory:"
+SIDE_SUFFIXES = tuple(kind.suffix for kind in FileKind if kind is not FileKind.DB)
 
 
 class Target(NamedTuple):
@@ -67,15 +68,23 @@ def resolve(
     started: the work runs in a forked worker whose standard streams are /dev/null). A PATH
     that is neither a directory nor a regular file (a device, a FIFO, a socket; a pipe or a
     terminal through /proc/self/fd/N) is an error, and no process is scanned for it.
-    An empty PATH is an error: the system calls would take it for the current directory.
+    An empty PATH is an error: the system calls would take it for the current directory, and
+    so is `-`, which is no standard input here. A PATH that does not exist is a database not
+    created yet, unless its directory does not exist either (a typo): an error.
     """
     if path == "":
         return Target(label="", error="an empty path names no file")
+    if path == "-":
+        return Target(
+            label=path,
+            error="-: not standard input here: name /dev/stdin for that"
+            " (sqlprobe check /dev/stdin < opencode.db), or ./- for a file named -",
+        )
     label = default_target(env) if path is None else path
     if label == MEMORY and path is None:
         return Target(
             label="OPENCODE_DB=:memory:",
-            note="OPENCODE_DB is :memory:: opencode keeps its database in memory, "
+            note="OPENCODE_DB is :memory: (opencode keeps its database in memory): "
             "there is nothing on disk to check",
         )
     where = _pinned(label, caller)
@@ -88,7 +97,17 @@ def resolve(
         if _is_fd(where):  # a descriptor that is not open: nothing a new instance creates
             return Target(label=label, error=f"{label}: {describe(err)}")
         if path is None and not env.get("OPENCODE_DB"):
-            real = os.path.join(real, OPENCODE_DB)  # a data dir not made yet
+            # A data dir not made yet: opencode makes it.
+            return Target(
+                label=label,
+                databases=(os.path.join(real, OPENCODE_DB),),
+                note=f"{label} does not exist: a new opencode instance would create it,"
+                f" and {OPENCODE_DB} in it",
+            )
+        if path is not None and not _exists(os.path.dirname(real)):
+            # Nothing would create it there (SQLite makes no directory): a mistyped PATH.
+            parent = os.path.dirname(real)
+            return Target(label=label, error=f"{label}: its directory {parent} does not exist")
         return Target(label=label, databases=(real,))
     except OSError as err:
         return Target(label=label, error=f"{label}: {describe(err)}")
@@ -150,13 +169,28 @@ def _leads_to(label: str, where: str, real: str) -> str:
     return f" ({real})" if os.path.islink(where) and real != label else ""
 
 
+def _exists(path: str) -> bool:
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # there, but not usable: the check of the file says why
+    return True
+
+
 def _directory(label: str, real: str, avoid: Container[FileKey]) -> Target:
-    """A data dir: its opencode.db and opencode-*.db, else every SQLite file in it (flat)."""
+    """A data dir: its opencode.db and opencode-*.db, else every SQLite file in it (flat).
+
+    An opencode database that is missing but has a side file (a `-wal` left behind) is named
+    too, so that the side file is reported. A database that is a symlink is its real file, as
+    SQLite opens it (its side files are beside the real file), as for a PATH that is the link.
+    """
     try:
         names = sorted(os.listdir(real))
     except OSError as err:
         return Target(label=label, error=f"{label}: {describe(err)}")
-    chosen = [n for n in names if n == OPENCODE_DB or fnmatch.fnmatchcase(n, CHANNEL_DB_PATTERN)]
+    chosen = sorted({b for b in map(_database_of, names) if _is_opencode_db(b)})
     if not chosen:
         chosen = [n for n in names if _looks_like_sqlite(os.path.join(real, n), avoid)]
     if not chosen:
@@ -164,7 +198,33 @@ def _directory(label: str, real: str, avoid: Container[FileKey]) -> Target:
             label=label,
             note=f"no database in {label}: a new opencode instance would create {OPENCODE_DB}",
         )
-    return Target(label=label, databases=tuple(os.path.join(real, n) for n in chosen))
+    paths = (_followed(os.path.join(real, n)) for n in chosen)
+    return Target(label=label, databases=tuple(dict.fromkeys(paths)))
+
+
+def _is_opencode_db(name: str) -> bool:
+    return name == OPENCODE_DB or fnmatch.fnmatchcase(name, CHANNEL_DB_PATTERN)
+
+
+def _database_of(name: str) -> str:
+    """The database a directory entry belongs to: `opencode.db` for `opencode.db-wal`."""
+    for suffix in SIDE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _followed(path: str) -> str:
+    """A database path with its symlinks resolved, as SQLite resolves them (sqlite-locking.md
+    §4); a symlink loop is left as it is, for the check of the file to say so."""
+    if not os.path.islink(path):
+        return path
+    try:
+        return os.path.realpath(path, strict=True)
+    except FileNotFoundError:
+        return os.path.realpath(path)  # dangling: SQLite would create the file it names
+    except OSError:
+        return path
 
 
 def _looks_like_sqlite(path: str, avoid: Container[FileKey]) -> bool:

@@ -113,3 +113,67 @@ def _shell_char(char: str) -> str:
     if _CONTROL.match(char) or 0xD800 <= code <= 0xDFFF:
         return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
     return char
+
+
+# Programs whose first argument is the script that names what runs (`python3 holder.py`).
+_INTERPRETERS = re.compile(r"(python|pypy|node|bun|deno|ruby|perl|php|[bd]?a?sh|zsh)[\d.]*")
+
+
+def wrap(text: str, width: int | None, indent: str = "", hang: str | None = None) -> list[str]:
+    """`text` as lines of at most `width` columns, the first after `indent`, the others after
+    `hang` (`indent` by default); one line when `width` is None (output to a pipe).
+
+    Words are never broken, so a path or a command stays whole to copy.
+    """
+    import textwrap
+
+    hang = indent if hang is None else hang
+    if width is None:
+        return [indent + text]
+    width = max(width, len(hang) + 20, len(indent) + 20)
+    lines = textwrap.wrap(
+        text,
+        width,
+        initial_indent=indent,
+        subsequent_indent=hang,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    return lines or [indent.rstrip()]
+
+
+def elide_path(path: str) -> str:
+    """`path` with its middle directories shown as an ellipsis: `/tmp/…/opencode.db`."""
+    parts = path.split("/")
+    if len(parts) <= 3 or not parts[-1]:
+        return path
+    head = parts[:2] if not parts[0] else parts[:1]
+    elided = "/".join([*head, "…", parts[-1]])
+    return elided if len(elided) < len(path) else path
+
+
+def short_command(command: str, width: int | None = None) -> str:
+    """`command` (argv joined by spaces) as a table shows it: the program's basename (and an
+    interpreter's script's) and its arguments; past `width` columns, long paths lose their
+    middle, then the end is cut.
+
+    `/usr/bin/python3 /srv/t/holder.py /tmp/a/b/opencode.db wal-write` is
+    `python3 holder.py /tmp/a/b/opencode.db wal-write`, or at 36 columns
+    `python3 holder.py /tmp/…/opencode.db wal-write`.
+    """
+    words = command.split(" ")
+    if not words[0]:
+        return shorten(command, width) if width else command
+    words[0] = words[0].rsplit("/", 1)[-1] or words[0]
+    script = words[1] if len(words) > 1 else ""
+    if _INTERPRETERS.fullmatch(words[0]) and "/" in script and not script.startswith("-"):
+        words[1] = script.rsplit("/", 1)[-1] or script
+    text = " ".join(words)
+    if width is None or len(text) <= width:
+        return text
+    for i in sorted(range(1, len(words)), key=lambda i: -len(words[i])):
+        words[i] = elide_path(words[i])
+        text = " ".join(words)
+        if len(text) <= width:
+            return text
+    return shorten(text, width)

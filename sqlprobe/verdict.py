@@ -24,7 +24,7 @@ from .model import (
     SideFile,
     Snapshot,
 )
-from .text import safe, seconds, shorten
+from .text import safe, seconds, short_command
 
 if TYPE_CHECKING:
     from .verdict_opencode import OpencodeVerdict
@@ -62,6 +62,12 @@ UNREADABLE = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
 ASLEEP = frozenset("SDI")  # thread states that are waiting, not running
 STOPPED = {"T": "is stopped (state T)", "t": "is stopped by a tracer (state t)"}
 COMMAND_WIDTH = 60
+AS_ONE_OF_SEVERAL = {
+    State.SHARED: "is shared",
+    State.BUSY: "is busy",
+    State.STUCK: "is stuck",
+    State.ERROR: "cannot be judged",
+}
 
 
 class Blocker(NamedTuple):
@@ -117,7 +123,15 @@ def judge(snapshot: Snapshot) -> Verdict:
         assert worst is not None
         state, reason = worst.state, worst.reason
         if len(verdicts) > 1 and worst.state is not State.CLEAR:
+            # Every database that is not clear is named, the worst first.
             reason = f"{safe(worst.path)}: {reason}"
+            others = [v for v in verdicts if v is not worst and v.state is not State.CLEAR]
+            for other in sorted(others, key=lambda v: -SEVERITY[v.state]):
+                reason += (
+                    f"; and {safe(other.path)} {AS_ONE_OF_SEVERAL[other.state]}: {other.reason}"
+                )
+        elif state is State.CLEAR and snapshot.note:
+            reason = safe(snapshot.note)  # a data dir not made yet
     if snapshot.cut_short:
         cut = " and ".join(snapshot.cut_short)
         reason += f" (the {seconds(snapshot.timeout_s or 0)} s timeout cut short {cut})"
@@ -370,10 +384,7 @@ def _file_warnings(db: DatabaseSnapshot, thorough: bool) -> tuple[str, ...]:
 
 def _other_name_reason(db: DatabaseSnapshot, others: list[OtherName]) -> str:
     first = others[0]
-    holder = db.holder(first.pid)
-    who = f"pid {first.pid}" + (
-        f" ({shorten(safe(holder.command), COMMAND_WIDTH)})" if holder and holder.command else ""
-    )
+    who = _pid_named(db, first.pid)
     path = safe(db.path)
     pids = sorted({o.pid for o in others})
     return (
@@ -388,8 +399,7 @@ def _deleted_reason(db: DatabaseSnapshot) -> str:
     pid, kind = db.deleted_open[0]
     pids = sorted({p for p, _ in db.deleted_open})
     name = safe(db.path + kind.suffix)
-    holder = db.holder(pid)
-    who = f"pid {pid}" + (f" ({shorten(safe(holder.command), COMMAND_WIDTH)})" if holder else "")
+    who = _pid_named(db, pid)
     if kind is FileKind.DB:
         risk = (
             "its writes go to a file that no longer has a name, and a new instance would start"
@@ -408,10 +418,15 @@ def _who(db: DatabaseSnapshot, lock: Lock) -> str:
         if lock.lock_class == "OFDLCK":
             return "a process sqlprobe cannot name (an open-file-description lock)"
         return "a process outside this pid namespace (seen only through F_GETLK)"
-    holder = db.holder(lock.pid)
+    return _pid_named(db, lock.pid)
+
+
+def _pid_named(db: DatabaseSnapshot, pid: int) -> str:
+    """`pid 4242 (opencode run …)`: the pid, and its command as the table shows it."""
+    holder = db.holder(pid)
     if holder is None or not holder.command:
-        return f"pid {lock.pid}"
-    return f"pid {lock.pid} ({shorten(safe(holder.command), COMMAND_WIDTH)})"
+        return f"pid {pid}"
+    return f"pid {pid} ({short_command(safe(holder.command), COMMAND_WIDTH)})"
 
 
 def _blocked_reason(db: DatabaseSnapshot, blocker: Blocker, samples: int, window_s: float) -> str:
