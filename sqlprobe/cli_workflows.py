@@ -7,12 +7,12 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
 
-from .cli import Command, Seconds, _guarded, path_argument
+from .cli import Command, F, Seconds, _guarded, path_argument
 
 EXIT_REFUSED_HELP = """\b
 Exit codes: the command's own once it runs; when sqlprobe refuses to
@@ -105,6 +105,16 @@ def _waiting_on(verdict: Any, waited: float) -> str:
     return f"sqlprobe: waiting {waited:4.1f}s on {what}"
 
 
+def _require_clear(help: str) -> Callable[[F], F]:
+    return click.option("--require-clear", is_flag=True, help=help)
+
+
+_allow = click.option(
+    "--allow",
+    type=click.Choice(["shared"]),
+    default=None,
+    help="The default now: run alongside holders that do not block. Kept for old scripts.",
+)
 _until = click.option(
     "--until",
     type=click.Choice(["clear", "unblocked"]),
@@ -186,17 +196,10 @@ def wait(path: str | None, timeout: float, until: str, quiet: bool) -> None:
     metavar="SECONDS",
     help="The preflight check answers within this long (with --wait, each of its checks).",
 )
-@click.option(
-    "--require-clear",
-    is_flag=True,
-    help="Run only when nobody else holds the database: `shared` refuses (or, with --wait, waits).",
+@_require_clear(
+    "Run only when nobody else holds the database: `shared` refuses (or, with --wait, waits)."
 )
-@click.option(
-    "--allow",
-    type=click.Choice(["shared"]),
-    default=None,
-    help="The default now: run alongside holders that do not block. Kept for old scripts.",
-)
+@_allow
 @click.option(
     "--serialize",
     is_flag=True,
@@ -469,17 +472,8 @@ def _same_file(a: str, b: str) -> bool:
     help="The wrapped runs wait up to this long for the database (0: refuse at once).",
 )
 @click.option("--serialize", is_flag=True, help="The wrapped runs queue, one at a time.")
-@click.option(
-    "--require-clear",
-    is_flag=True,
-    help="The wrapped runs refuse (or wait) while another process has the database open.",
-)
-@click.option(
-    "--allow",
-    type=click.Choice(["shared"]),
-    default=None,
-    help="Run alongside idle holders: the default now, kept for old scripts.",
-)
+@_require_clear("The wrapped runs refuse (or wait) while another process has the database open.")
+@_allow
 @_guarded
 def hook(
     shell: str, wait_s: float, serialize: bool, require_clear: bool, allow: str | None

@@ -44,6 +44,31 @@ def make_db(path: Path, wal: bool = True, rows: int = 3) -> Path:
     return path
 
 
+def fake_opencode(directory: Path, body: str = 'echo "opencode got: $*"') -> Path:
+    """An `opencode` script in `directory` (made) that runs `body`: put its parent first on PATH."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fake = directory / "opencode"
+    fake.write_text(f"#!/bin/sh\n{body}\n")
+    fake.chmod(0o755)
+    return fake
+
+
+def opencode_home(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A data dir with a WAL database, and the environment that makes it opencode's (XDG_DATA_HOME,
+    and the state and config dirs beside it)."""
+    data = tmp_path / "share" / "opencode"
+    data.mkdir(parents=True)
+    make_db(data / "opencode.db")
+    env = {
+        **os.environ,
+        "XDG_DATA_HOME": str(tmp_path / "share"),
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+    }
+    env.pop("OPENCODE_DB", None)
+    return data, env
+
+
 @pytest.fixture
 def wal_db(tmp_path: Path) -> Path:
     return make_db(tmp_path / "opencode.db", wal=True)

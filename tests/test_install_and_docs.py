@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
+from conftest import fake_opencode
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
@@ -32,11 +33,7 @@ def _shell(name: str) -> str:
 
 
 def _fake_opencode(tmp_path: Path) -> Path:
-    fake = tmp_path / "fakebin" / "opencode"
-    fake.parent.mkdir()
-    fake.write_text('#!/bin/sh\necho "opencode got: $*"\n')
-    fake.chmod(0o755)
-    return fake
+    return fake_opencode(tmp_path / "fakebin")
 
 
 def _off_path_env(tmp_path: Path, fake: Path) -> dict[str, str]:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import make_db
+from conftest import fake_opencode, opencode_home
 
 BIN = Path(sys.executable).parent
 SQLPROBE = [sys.executable, "-m", "sqlprobe"]
@@ -63,23 +63,11 @@ def test_run_require_clear_refuses_shared_and_allow_shared_is_still_accepted(wal
 
 def test_readme_hook_runs_opencode_at_once_beside_an_open_tui(tmp_path, holder):
     """`eval "$(sqlprobe hook bash)"` as the README says, with opencode's TUI open (idle)."""
-    fake = tmp_path / "bin" / "opencode"
-    fake.parent.mkdir()
     record = tmp_path / "opencode-ran"
-    fake.write_text(f'#!/bin/sh\necho "$*" >> {record}\n')
-    fake.chmod(0o755)
-    data = tmp_path / "share" / "opencode"
-    data.mkdir(parents=True)
-    db = make_db(data / "opencode.db")
-    env = {
-        **os.environ,
-        "PATH": f"{fake.parent}:{BIN}:{os.environ['PATH']}",
-        "XDG_DATA_HOME": str(tmp_path / "share"),
-        "XDG_STATE_HOME": str(tmp_path / "state"),
-        "XDG_CONFIG_HOME": str(tmp_path / "config"),
-    }
-    env.pop("OPENCODE_DB", None)
-    holder(db, "wal-idle")
+    fake = fake_opencode(tmp_path / "bin", f'echo "$*" >> {record}')
+    data, env = opencode_home(tmp_path)
+    env["PATH"] = f"{fake.parent}:{BIN}:{os.environ['PATH']}"
+    holder(data / "opencode.db", "wal-idle")
     script = 'eval "$(sqlprobe hook bash)"; opencode run hi; echo "rc=$?"'
     started = time.monotonic()
     result = subprocess.run(

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_db, on_pty
+from conftest import fake_opencode, make_db, on_pty, opencode_home
 
 BIN = Path(sys.executable).parent
 SQLPROBE = [sys.executable, "-m", "sqlprobe"]
@@ -210,19 +210,10 @@ def test_hook_is_valid_shell(shell):
 
 
 def test_bash_hook_wraps_run_and_passes_other_commands_through(tmp_path, holder):
-    fake = tmp_path / "bin" / "opencode"
-    fake.parent.mkdir()
-    fake.write_text('#!/bin/sh\necho "opencode got: $*"\n')
-    fake.chmod(0o755)
-    data = tmp_path / "share" / "opencode"
-    data.mkdir(parents=True)
-    db = make_db(data / "opencode.db")
-    env = {
-        **os.environ,
-        "PATH": f"{fake.parent}:{BIN}:{os.environ['PATH']}",
-        "XDG_DATA_HOME": str(tmp_path / "share"),
-    }
-    env.pop("OPENCODE_DB", None)
+    fake = fake_opencode(tmp_path / "bin")
+    data, env = opencode_home(tmp_path)
+    env["PATH"] = f"{fake.parent}:{BIN}:{os.environ['PATH']}"
+    db = data / "opencode.db"
     script = "; ".join(
         [
             'eval "$(sqlprobe hook bash --wait 0)"',
