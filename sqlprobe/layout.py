@@ -1,6 +1,6 @@
 """SQLite's lock bytes and header offsets, and decoding a locked byte range into lock names.
 
-Every number here comes from ../shared/docs/sqlite-locking.md (§1, §2, §5), itself read from
+Every number here comes from docs/sqlite-locking.md (§1, §2, §5), itself read from
 os_unix.c and wal.c. Pure: no I/O.
 """
 

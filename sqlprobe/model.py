@@ -329,7 +329,7 @@ class DatabaseSnapshot(NamedTuple):
         return next((h for h in self.holders if h.pid == pid), None)
 
 
-# -- opencode's own state (../shared/docs/opencode-state.md) -------------------------------------
+# -- opencode's own state (docs/opencode-state.md) -------------------------------------
 
 
 class LockMeta(NamedTuple):

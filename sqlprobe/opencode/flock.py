@@ -1,6 +1,6 @@
 """opencode's cross-process lock ("Flock"): lock directories under `<state>/locks/`.
 
-The facts are in ../shared/docs/opencode-state.md §2, read from the bundled JavaScript of the
+The facts are in docs/opencode-state.md §2, read from the bundled JavaScript of the
 releases named in the README's table and checked with strace and real runs:
 
 - acquire: `mkdir <state>/locks/<sha1 hex of the key>.lock` (0700), then `heartbeat` (empty) and

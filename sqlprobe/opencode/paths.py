@@ -1,4 +1,4 @@
-"""Where opencode keeps things (xdg-basedir, on every OS): ../shared/docs/opencode-state.md §1."""
+"""Where opencode keeps things (xdg-basedir, on every OS): docs/opencode-state.md §1."""
 
 from __future__ import annotations
 
