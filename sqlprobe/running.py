@@ -26,6 +26,8 @@ from .files import file_type
 from .targets import MEMORY, default_target
 
 QUEUE_POLL = 0.05
+ISOLATED_PREFIX = "sqlprobe-isolated-"
+CLEANUP_S = 1.0  # what a clean-up after Ctrl-C may add to the exit
 STEP_S = 3.0  # the longest a step that touches the filesystem may take (a preflight's timeout)
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
@@ -302,12 +304,36 @@ def _kind(mode: int) -> str:
 
 def isolated_dir(step_s: float = STEP_S) -> str:
     """A fresh private directory for an isolated run's database (deadline.Overrun when the
-    temp dir does not answer within `step_s`)."""
-    return within(
-        lambda: tempfile.mkdtemp(prefix="sqlprobe-isolated-"),
-        step_s,
-        "making the isolated run's directory",
-    )
+    temp dir does not answer within `step_s`).
+
+    A worker makes it, so this process learns its name only from the worker's answer; a
+    Ctrl-C (or the deadline) in between would leave it behind. Its name carries this process's
+    pid, so that `remove_isolated_dirs` finds it all the same.
+    """
+    prefix = f"{ISOLATED_PREFIX}{os.getpid()}-"
+    try:
+        return within(
+            lambda: tempfile.mkdtemp(prefix=prefix), step_s, "making the isolated run's directory"
+        )
+    except Overrun:
+        raise  # the temp dir does not answer: a removal would not either
+    except BaseException:  # Ctrl-C while the worker answered
+        remove_isolated_dirs(prefix, CLEANUP_S)
+        raise
+
+
+def remove_isolated_dirs(prefix: str, step_s: float = STEP_S) -> None:
+    """Remove the directories named `prefix*` in the temp dir: this process's own, made by a
+    worker whose answer never came. Given up after `step_s`."""
+
+    def remove() -> None:
+        base = tempfile.gettempdir()
+        for name in os.listdir(base):
+            if name.startswith(prefix):
+                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+
+    with contextlib.suppress(OSError, Overrun):
+        within(remove, step_s, "removing the isolated run's directory")
 
 
 def shown(name: str) -> str:
