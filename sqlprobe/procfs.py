@@ -335,13 +335,19 @@ class ProcFS:
         except ValueError:
             return False  # an unexpected status: scan it
 
+    def _listing(self, pid: int, dir_fd: int) -> list[str]:
+        """The names in an open /proc/PID/fd: NoSuchProcess when the process exited since it was
+        opened (the listing then fails with ENOENT, as short-lived processes often do)."""
+        with self._reading(pid, "fd"):
+            return os.listdir(dir_fd)
+
     def _matching(self, pid: int, query: FdQuery) -> list[tuple[int, str]]:
         with self._reading(pid, "fd"):
             dir_fd = os.open(f"{self.root}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         found = []
         readlink, suffixes, keys = os.readlink, query.suffixes, query.keys
         try:
-            for fd in os.listdir(dir_fd):
+            for fd in self._listing(pid, dir_fd):
                 try:
                     link = readlink(fd, dir_fd=dir_fd)
                     if link.endswith(suffixes):
@@ -513,7 +519,7 @@ class ProcFS:
             dir_fd = os.open(f"{self.root}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         found = []
         try:
-            for fd in os.listdir(dir_fd):
+            for fd in self._listing(pid, dir_fd):
                 try:
                     found.append((int(fd), os.readlink(fd, dir_fd=dir_fd)))
                 except OSError:

@@ -128,3 +128,31 @@ def test_nobody_is_skipped_when_the_mode_lets_others_read(tmp_path, opener, chec
     doc, _ = check_json(db)
     assert (doc["verdict"], holder_pids(doc), doc["skipped_processes"]) == ("shared", [pid], 0)
     assert "not scanned" not in run("check", db).stdout
+
+
+def test_a_process_that_exits_while_its_descriptors_are_listed_is_passed_over(tmp_path):
+    """Its /proc/PID/fd was opened, then it exited (a parallel sqlprobe's worker does, all the
+    time): the listing fails with ENOENT, which is "no such process", not a crash."""
+    from sqlprobe.errors import NoSuchProcess
+    from sqlprobe.procfs import ProcFS
+
+    proc = ProcFS()
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    dir_fd = os.open(f"/proc/{child.pid}/fd", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        child.stdin.close()
+        child.wait(timeout=30)  # gone, and reaped: its /proc entry is no more
+        with pytest.raises(NoSuchProcess):
+            proc._listing(child.pid, dir_fd)
+        scan = proc._scan([child.pid], procfs_query())
+        assert scan.found == [] and not scan.denied
+    finally:
+        os.close(dir_fd)
+
+
+def procfs_query():
+    from sqlprobe.procfs import FdQuery
+
+    return FdQuery(("/opencode.db",), frozenset(), ())
