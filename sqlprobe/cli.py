@@ -450,7 +450,7 @@ def diagnose(
             parts.append(_report(snapshot, verdict, wide)[0])
         home = snapshot.opencode.home if snapshot.opencode else ""
         parts.append(
-            diagnosis_text(diagnosis, _styler(color), likely, home)
+            diagnosis_text(diagnosis, _styler(color), likely, home, None if wide else _width())
             if diagnosis
             else f"warning: {missing}"
         )

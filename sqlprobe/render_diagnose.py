@@ -7,7 +7,7 @@ from typing import Any
 
 from .diagnose import Diagnosis, HolderDetails
 from .opencode.flock import key_words
-from .text import duration, safe
+from .text import duration, safe, shorten, wrap
 from .verdict_opencode import LockVerdict
 
 STACK_LINES = 12
@@ -61,52 +61,71 @@ def _holder_json(h: HolderDetails, likely: LockVerdict | None) -> dict[str, Any]
 
 
 def diagnosis_text(
-    diag: Diagnosis, style: Any, likely: Mapping[int, LockVerdict], home: str
+    diag: Diagnosis,
+    style: Any,
+    likely: Mapping[int, LockVerdict],
+    home: str,
+    width: int | None = None,
 ) -> str:
-    out = []
+    """The diagnosis for a person. Fitted to `width` columns (None: lines whole, as to a pipe
+    or with --wide): prose wraps with a hanging indent; a log line or an open file's path,
+    which are data, is cut with an ellipsis (the JSON has them whole)."""
+    out: list[str] = []
+
+    def prose(text: str, indent: str = "", hang: str | None = None) -> None:
+        out.extend(wrap(text, width, indent, hang if hang is not None else indent + "  "))
+
+    def data(text: str) -> None:
+        out.append(text if width is None else shorten(text, max(width, 20)))
+
     for fs in diag.filesystems:
-        out.append(
+        prose(
             f"filesystem of {safe(fs.path)}: {safe(fs.fstype)} ({safe(fs.source)} on"
             f" {safe(fs.mount_point)})"
         )
         if fs.warning:
-            out.append(style(f"warning: {safe(fs.warning)}", fg="yellow"))
+            out.extend(
+                style(line, fg="yellow") for line in wrap(f"warning: {safe(fs.warning)}", width)
+            )
     for h in diag.holders:
         out.append("")
         out.append(style(f"pid {h.pid}", bold=True))
         if (lock := likely.get(h.pid)) is not None:
             meta = lock.lock.meta
             by = f" of pid {meta.pid}" if meta and meta.pid else ""
-            out.append(
-                f"  likely waiting on {key_words(lock.lock.key, home)}{by} ({lock.state}) —"
+            prose(
+                f"likely waiting on {key_words(lock.lock.key, home)}{by} ({lock.state}) —"
                 " inferred: an opencode process that holds none of opencode's locks has run"
-                " for a while, while that lock blocks every start-up"
+                " for a while, while that lock blocks every start-up",
+                "  ",
             )
         if h.cwd:
-            out.append(f"  cwd: {safe(h.cwd)}")
+            prose(f"cwd: {safe(h.cwd)}", "  ")
         if h.parents:
             chain = " <- ".join(f"{pid} ({safe(command)[:40]})" for pid, command in h.parents)
-            out.append(f"  parents: {chain}")
+            prose(f"parents: {chain}", "  ")
         if h.environment is not None:
             pairs = (f"{safe(k)}={safe(v)}" for k, v in h.environment.items())
-            env = " ".join(pairs) or "(none set)"
-            out.append(f"  environment: {env}")
+            prose(f"environment: {' '.join(pairs) or '(none set)'}", "  ")
         for log in h.logs:
             if log.error:
-                out.append(f"  log: {safe(log.path)}: {safe(log.error)}")
+                prose(f"log: {safe(log.path)}: {safe(log.error)}", "  ")
                 continue
-            out.append(
-                f"  log: {safe(log.path)} ({log.size} bytes, last written {duration(log.age_s)}"
-                " ago), last lines:"
+            prose(
+                f"log: {safe(log.path)} ({log.size} bytes, last written {duration(log.age_s)}"
+                " ago), last lines:",
+                "  ",
             )
-            out.extend(f"    {safe(line)}" for line in log.last_lines)
+            for line in log.last_lines:
+                data(f"    {safe(line)}")
         if h.fds is not None:
             out.append(f"  open files ({len(h.fds)}):")
-            out.extend(f"    {f.fd:>4} {f.kind:<10} {safe(f.target)}" for f in h.fds)
+            for f in h.fds:
+                data(f"    {f.fd:>4} {f.kind:<10} {safe(f.target)}")
         if h.stack:
             lines = h.stack.splitlines()
             out.append("  kernel stack:")
             out.extend(f"    {safe(line)}" for line in lines[:STACK_LINES])
         for problem in h.problems:
-            out.append(f"  not readable: {safe(problem)}")
+            prose(f"not readable: {safe(problem)}", "  ")
     return "\n".join(out)

@@ -7,15 +7,15 @@ import os
 import sys
 from pathlib import Path
 
-from conftest import HOLDER, on_pty
+from conftest import HOLDER, make_db, on_pty
 
 PROGRAM = os.path.basename(sys.executable)
 FULL_COMMAND = f"{sys.executable} {HOLDER}"
 
 
-def _pty_check(db: Path, columns: int, *options: str) -> str:
+def _pty_check(db: Path, columns: int, *options: str, command: str = "check") -> str:
     env = {**os.environ, "COLUMNS": str(columns), "NO_COLOR": "1"}
-    _, out = on_pty([sys.executable, "-m", "sqlprobe", "check", str(db), *options], env)
+    _, out = on_pty([sys.executable, "-m", "sqlprobe", command, str(db), *options], env)
     return out.replace("\r\n", "\n")
 
 
@@ -78,3 +78,21 @@ def test_auth_json_is_named_only_when_it_exists(wal_db, holder, run, tmp_path):
     assert "auth.json" not in run("check", wal_db, env=env).stdout
     (data / "opencode" / "auth.json").write_text("{}")
     assert f"needs {data}/opencode/auth.json copied in" in run("check", wal_db, env=env).stdout
+
+
+def test_diagnose_on_an_80_column_terminal_fits_every_line(tmp_path, holder):
+    """Its prose wraps; a log line or an open file's long path is cut (whole in a pipe)."""
+    data = tmp_path / "a-data-dir-with-a-rather-long-name" / "share" / "opencode"
+    (data / "log").mkdir(parents=True)
+    db = make_db(data / "opencode.db")
+    log = data / "log" / "2026-11-25T100000.log"
+    holder(db, "wal-idle", "--log", str(log))
+    out = _pty_check(db, 80, command="diagnose")
+    lines = out.splitlines()
+    # Only a path longer than the terminal passes it, alone on its line, whole to copy.
+    over = [line for line in lines if len(line) > 80]
+    assert all(len(line.split()) == 1 for line in over), over
+    assert f"    {log}" in lines  # the log's path, on a line of its own
+    assert any(line.endswith("…") and line.lstrip().startswith(("3 ", "4 ")) for line in lines)
+    piped = _pty_check(db, 80, "--wide", command="diagnose")
+    assert str(log) in piped  # --wide: every line whole
