@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -83,7 +85,7 @@ def test_serialize_honours_wait_as_its_bound(tmp_path):
         [*SQLPROBE, "run", str(db), "--serialize", "--", "sleep", "10"], env=env
     )
     try:
-        time.sleep(1.0)  # the first run has the queue (and sleeps in it)
+        _until_running(first.pid, b"sleep")  # exec'd: the command holds the queue now
         second = sqlprobe("run", str(db), "--serialize", "--wait", "0.5", "--", "true", env=env)
         assert second.returncode == 4
         assert "the queue was still taken after 0.5 s" in second.stderr
@@ -110,15 +112,20 @@ def test_run_passes_the_exit_status_through(wal_db):
 def test_run_execs_so_signals_reach_the_command(wal_db):
     proc = subprocess.Popen([*SQLPROBE, "run", str(wal_db), "--", "sleep", "30"])
     try:
-        deadline = time.monotonic() + 20
-        while Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[0] != b"sleep":
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        _until_running(proc.pid, b"sleep")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == -signal.SIGTERM
     finally:
         proc.kill()
         proc.wait()
+
+
+def _until_running(pid: int, program: bytes) -> None:
+    """Wait until process `pid` has exec'd `program` (its argv[0])."""
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] != program:
+        assert time.monotonic() < deadline, f"pid {pid} never ran {program!r}"
+        time.sleep(0.02)
 
 
 def test_run_of_a_missing_command_is_127(wal_db):
@@ -135,19 +142,35 @@ def test_run_without_a_command_is_a_usage_error(wal_db):
 
 
 def test_wait_returns_soon_after_the_writer_releases(wal_db, holder):
+    import pty
+
     h = holder(wal_db, "wal-write", "--spin")
-    waiter = subprocess.Popen([*SQLPROBE, "wait", str(wal_db), "--timeout", "30"])
+    main, sub = pty.openpty()  # its live status line, on a terminal: the sign that it waits
+    waiter = subprocess.Popen(
+        [*SQLPROBE, "wait", str(wal_db), "--timeout", "30"], stderr=sub, stdin=subprocess.DEVNULL
+    )
+    os.close(sub)
     try:
-        time.sleep(1.5)
-        assert waiter.poll() is None  # still waiting on the writer
+        said = b""
+        deadline = time.monotonic() + 20
+        while b"waiting" not in said:
+            assert time.monotonic() < deadline and waiter.poll() is None, said
+            if select.select([main], [], [], 0.5)[0]:
+                said += os.read(main, 4096)
         h.end()
         released = time.monotonic()
-        assert waiter.wait(timeout=20) == 0
+        while waiter.poll() is None:  # drained, so that its status line never blocks it
+            assert time.monotonic() - released < 20
+            if select.select([main], [], [], 0.1)[0]:
+                with contextlib.suppress(OSError):  # EIO once it has exited
+                    os.read(main, 4096)
+        assert waiter.returncode == 0
         # One poll (0.1 s) and one full check; the margin absorbs a loaded machine.
         assert time.monotonic() - released < 2.0
     finally:
         waiter.kill()
         waiter.wait()
+        os.close(main)
 
 
 def test_wait_gives_up_at_its_timeout_with_the_last_state(wal_db, holder):
