@@ -23,6 +23,8 @@ import sys
 from types import FrameType
 from typing import Any, TextIO
 
+from .text import unsurrogate
+
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
 
 
@@ -122,22 +124,9 @@ def json_text(doc: Any) -> str:
 
 def _valid_unicode(value: Any) -> Any:
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return "".join(_unsurrogate(c) for c in value)
-        return value
+        return unsurrogate(value)
     if isinstance(value, dict):
         return {_valid_unicode(k): _valid_unicode(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_valid_unicode(v) for v in value]
     return value
-
-
-def _unsurrogate(char: str) -> str:
-    code = ord(char)
-    if 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8, surrogate-escaped
-        return f"\\x{code - 0xDC00:02x}"
-    if 0xD800 <= code <= 0xDFFF:
-        return f"\\u{code:04x}"
-    return char

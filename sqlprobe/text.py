@@ -26,10 +26,31 @@ def safe(text: str) -> str:
     """`text` with every control character shown as a visible escape (`\\x1b`, `\\n`,
     `\\u202e`).
 
-    Bytes of a file name that are not UTF-8 (surrogate-escaped by Python) are shown as `\\xff`.
+    Bytes of a file name that are not UTF-8 (surrogate-escaped by Python) are shown as `\\xff`
+    (`unsurrogate`).
     """
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return _CONTROL.sub(_escape, text)
+    return _CONTROL.sub(_escape, unsurrogate(text))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unsurrogate(text: str) -> str:
+    """`text` as valid Unicode: a byte of a name that is not UTF-8 (which Python carries as a
+    surrogate escape, U+DC80..U+DCFF) as the four characters `\\xff`, any other lone surrogate
+    (from a JSON file's `\\ud800`, say) as `\\ud800`."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub(lambda m: surrogate_shown(ord(m.group())), text)
+    return text
+
+
+def surrogate_shown(code: int) -> str:
+    """How `unsurrogate` writes the lone surrogate `code`."""
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8, surrogate-escaped
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}"
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -106,11 +127,11 @@ def shell_quote(text: str) -> str:
 
 def _shell_char(char: str) -> str:
     code = ord(char)
-    if 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8, surrogate-escaped
-        return f"\\x{code - 0xDC00:02x}"
+    if 0xD800 <= code <= 0xDFFF:
+        return surrogate_shown(code)
     if char in "\\'":
         return "\\" + char
-    if _CONTROL.match(char) or 0xD800 <= code <= 0xDFFF:
+    if _CONTROL.match(char):
         return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
     return char
 

@@ -226,3 +226,10 @@ def test_bidi_controls_are_made_visible():
         "\\u200fl\\u061cm"
     )
     assert safe("caf\u00e9 \u2192 ok") == "caf\u00e9 \u2192 ok"  # other non-ASCII stays
+
+
+def test_a_byte_that_is_not_utf8_and_a_lone_surrogate_are_shown_not_crashed_on():
+    # A file name's byte 0xff (surrogate-escaped), and a lone surrogate as a JSON file of
+    # another process (a lock's meta.json) can hold: one rule for the text, the shell and JSON.
+    assert safe("a\udcffb") == "a\\xffb"
+    assert safe("x\ud800\x1b") == "x\\ud800\\x1b"
