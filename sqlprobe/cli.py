@@ -209,6 +209,18 @@ def cli() -> None:
     click.get_current_context().call_on_close(lambda: use_processes(False))
 
 
+def check_timeout_option(help: str) -> Callable[[F], F]:
+    """--timeout of a check (snapshot.DEFAULT_TIMEOUT), for check, diagnose and run."""
+    return click.option(
+        "--timeout",
+        type=Seconds(0.1, 3600),
+        default=3.0,
+        show_default=True,
+        metavar="SECONDS",
+        help=help,
+    )
+
+
 def snapshot_options(func: F) -> F:
     """PATH and the options of taking a snapshot, shared by `check` and `diagnose`."""
     for option in reversed(
@@ -223,14 +235,9 @@ def snapshot_options(func: F) -> F:
                 help="How long a blocking lock must persist to count (sampled every 0.05 s). "
                 "Only spent when a blocking lock is seen; 0 judges on one look.",
             ),
-            click.option(
-                "--timeout",
-                type=Seconds(0.1, 3600),
-                default=3.0,
-                show_default=True,
-                metavar="SECONDS",
-                help="Answer within this long whatever happens (a hung filesystem, a holder "
-                "that never lets go); work cut short is named in the verdict.",
+            check_timeout_option(
+                "Answer within this long whatever happens (a hung filesystem, a holder "
+                "that never lets go); work cut short is named in the verdict."
             ),
             click.option(
                 "--busy-timeout",

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .cli import Command, F, Seconds, _guarded, path_argument
+from .cli import Command, F, Seconds, _guarded, check_timeout_option, path_argument
 
 EXIT_REFUSED_HELP = """\b
 Exit codes: the command's own once it runs; when sqlprobe refuses to
@@ -188,13 +188,8 @@ def wait(path: str | None, timeout: float, until: str, quiet: bool) -> None:
     " shared too), and with --serialize for the queue, instead of refusing at once. A stuck"
     " holder refuses at once: waiting will not help.",
 )
-@click.option(
-    "--timeout",
-    type=Seconds(0.1, 3600),
-    default=3.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="The preflight check answers within this long (with --wait, each of its checks).",
+@check_timeout_option(
+    "The preflight check answers within this long (with --wait, each of its checks)."
 )
 @_require_clear(
     "Run only when nobody else holds the database: `shared` refuses (or, with --wait, waits)."
