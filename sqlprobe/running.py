@@ -308,9 +308,11 @@ def isolated_dir(step_s: float = STEP_S) -> str:
 
     A worker makes it, so this process learns its name only from the worker's answer; a
     Ctrl-C (or the deadline) in between would leave it behind. Its name carries this process's
-    pid, so that `remove_isolated_dirs` finds it all the same.
+    pid and a random token, so that `remove_isolated_dirs` finds it all the same, and nothing
+    else: an earlier run's directory kept with --keep, by a process with the same pid, is not
+    this run's.
     """
-    prefix = f"{ISOLATED_PREFIX}{os.getpid()}-"
+    prefix = f"{ISOLATED_PREFIX}{os.getpid()}-{os.urandom(4).hex()}-"
     try:
         return within(
             lambda: tempfile.mkdtemp(prefix=prefix), step_s, "making the isolated run's directory"
