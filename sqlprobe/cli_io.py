@@ -69,9 +69,11 @@ def _stream(fd: int, old: TextIO | None, drop: bool) -> TextIO:
 
 
 def _hold_closed_descriptors() -> None:
+    import fcntl
+
     for fd in (0, 1, 2):
         try:
-            os.fstat(fd)
+            fcntl.fcntl(fd, fcntl.F_GETFD)  # open? (an fstat would ask the file's filesystem)
         except OSError:
             null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
             if null != fd:

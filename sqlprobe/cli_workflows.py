@@ -431,10 +431,21 @@ def _running_sqlprobe() -> list[str] | None:
 
 
 def _hook_command(shell: str) -> str:
-    """How the function calls sqlprobe: by name when PATH leads to this one, else by path."""
-    running = _running_sqlprobe()
-    on_path = shutil.which("sqlprobe")
-    if on_path and (running is None or (len(running) == 1 and _same_file(on_path, running[0]))):
+    """How the function calls sqlprobe: by name when PATH leads to this one, else by path.
+
+    Looking means stat()s along PATH and of this environment: run apart, given the queue's 3 s
+    per step (a directory of PATH on a hung filesystem), and exit 6 past them.
+    """
+    from .deadline import Overrun, within
+    from .running import STEP_S
+    from .text import safe
+
+    try:
+        running, by_name = within(_sqlprobe_found, STEP_S, "looking for sqlprobe on PATH")
+    except Overrun as err:
+        click.echo(f"sqlprobe: error: {safe(str(err))}", err=True)
+        sys.exit(6)
+    if by_name:
         return "sqlprobe"
     if running is None:
         click.echo(
@@ -446,6 +457,16 @@ def _hook_command(shell: str) -> str:
         sys.exit(6)
     quote = _fish_quote if shell == "fish" else shlex.quote
     return " ".join(quote(word) for word in running)
+
+
+def _sqlprobe_found() -> tuple[list[str] | None, bool]:
+    """(the command that runs this sqlprobe, or None; whether `sqlprobe` on PATH is it)."""
+    running = _running_sqlprobe()
+    on_path = shutil.which("sqlprobe")
+    by_name = bool(on_path) and (
+        running is None or (len(running) == 1 and _same_file(on_path, running[0]))
+    )
+    return running, by_name
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -478,7 +499,8 @@ def hook(
     Every other opencode subcommand passes through untouched. The options are baked into the
     function. It calls `sqlprobe` by name when PATH leads to this sqlprobe, else this one by
     its absolute path (say .venv/bin/sqlprobe, not on PATH), so the function always runs;
-    exit 6 if this one can only run from the current directory and none is on PATH.
+    exit 6 if this one can only run from the current directory and none is on PATH, or if
+    looking along PATH takes more than 3 s (a hung filesystem).
 
     \b
     Example:

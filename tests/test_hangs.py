@@ -468,3 +468,22 @@ def test_run_with_its_directories_on_a_mount_answers_by_the_preflight_deadline(
     assert not outcome.overran, outcome.describe()
     assert outcome.elapsed <= CHECK_DEFAULT_TIMEOUT, outcome.describe()
     assert TRACEBACK not in outcome.stdout + outcome.stderr, outcome.describe()
+
+
+def test_hook_with_a_directory_of_path_on_a_hung_mount_answers_by_its_step_deadline(
+    fuse_hang, tmp_path
+):
+    """`hook` looks for sqlprobe along PATH: a stat there must not hold it past 3 s."""
+    fuse_hang.hang()
+    env = isolated_env(tmp_path)
+    env["PATH"] = f"{fuse_hang.mnt / 'sub'}:{env.get('PATH', '/usr/bin:/bin')}"
+    outcome = measure(
+        ["hook", "bash"],
+        env,
+        tmp_path,
+        CHECK_DEFAULT_TIMEOUT + HARD_CAP_S,
+        fuse_hang.track,
+        fuse_hang.abort,
+    )
+    assert_answered_by(outcome, CHECK_DEFAULT_TIMEOUT)
+    assert outcome.code == 6 and "looking for sqlprobe on PATH" in outcome.stderr
