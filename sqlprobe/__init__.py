@@ -17,11 +17,11 @@ __all__ = ["__version__", "check", "judge"]
 
 def __getattr__(name: str):  # lazy: `import sqlprobe` must stay cheap for the CLI
     if name == "check":
-        from .snapshot import check
+        from sqlprobe.collect.snapshot import check
 
         return check
     if name == "judge":
-        from .verdict import judge
+        from sqlprobe.judge.verdict import judge
 
         return judge
     raise AttributeError(name)

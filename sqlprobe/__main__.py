@@ -1,3 +1,3 @@
-from .cli import main
+from sqlprobe.cli import main
 
 main()

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from sqlprobe.access import NOBODY, Credentials, Gate, could_open, ruled_out, rules_out_others
+from sqlprobe.system.access import (
+    NOBODY,
+    Credentials,
+    Gate,
+    could_open,
+    ruled_out,
+    rules_out_others,
+)
 
 ALICE = Credentials(frozenset({1000}), frozenset({1000}), False)
 BOB = Credentials(frozenset({1001}), frozenset({1001, 100}), False)  # in group 100 too

@@ -173,7 +173,7 @@ def test_human_report_names_holder_and_lock(wal_db, holder, run):
 
 
 def test_split_descriptor_scan_finds_the_same_holders(wal_db, holder, check_json, monkeypatch):
-    from sqlprobe import procfs
+    from sqlprobe.system import linux as procfs
 
     h = holder(wal_db, "wal-idle")
     serial, _ = check_json(wal_db)
@@ -203,7 +203,7 @@ def test_split_descriptor_scan_finds_the_same_holders(wal_db, holder, check_json
 def test_idle_holders_locks_come_from_fdinfo_without_reading_proc_locks(
     wal_db, holder, check_json, monkeypatch
 ):
-    from sqlprobe import procfs
+    from sqlprobe.system import linux as procfs
 
     h = holder(wal_db, "wal-idle")
     reads = []
@@ -219,7 +219,7 @@ def test_idle_holders_locks_come_from_fdinfo_without_reading_proc_locks(
 def test_fdinfo_that_misses_a_lock_falls_back_to_proc_locks(
     wal_db, holder, check_json, monkeypatch
 ):
-    from sqlprobe import procfs
+    from sqlprobe.system import linux as procfs
 
     h = holder(wal_db, "wal-idle")
     monkeypatch.setattr(procfs.ProcFS, "fd_locks", lambda self, pid, fd: [])

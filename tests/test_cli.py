@@ -162,7 +162,7 @@ def test_internal_error_is_one_line_and_exit_1(wal_db, monkeypatch, run):
     def boom(*args, **kwargs):
         raise RuntimeError("synthetic failure")
 
-    monkeypatch.setattr("sqlprobe.snapshot.take", boom)
+    monkeypatch.setattr("sqlprobe.collect.snapshot.take", boom)
     monkeypatch.delenv("SQLPROBE_DEBUG", raising=False)
     result = run("check", wal_db)
     assert result.exit_code == 1

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import make_db
 
+from sqlprobe.judge.verdict import judge
 from sqlprobe.model import DatabaseSnapshot, Snapshot
-from sqlprobe.verdict import judge
 
 SQLPROBE = [sys.executable, "-m", "sqlprobe"]
 FULL = "sqlprobe: cannot write output: No space left on device\n"

@@ -107,7 +107,7 @@ def test_a_window_within_the_timeout_is_not_cut(tmp_path, holder, check_json):
 
 @pytest.fixture
 def processes() -> Iterator[None]:
-    from sqlprobe import deadline
+    from sqlprobe.system import deadline
 
     deadline.use_processes(True)
     yield
@@ -123,7 +123,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_worker_that_overruns_is_killed_and_its_last_stage_is_known(processes):
-    from sqlprobe.deadline import Deadline, run_until
+    from sqlprobe.system.deadline import Deadline, run_until
 
     read_end, write_end = os.pipe()
     stages = Deadline(None)
@@ -146,7 +146,7 @@ def test_a_worker_that_overruns_is_killed_and_its_last_stage_is_known(processes)
 
 
 def test_a_workers_value_exception_and_descriptors_come_back(processes, tmp_path):
-    from sqlprobe.deadline import Handed, run_until, within
+    from sqlprobe.system.deadline import Handed, run_until, within
 
     assert within(lambda: {"pid": os.getpid()}, 5, "x")["pid"] != os.getpid()
     job = run_until(lambda: 1 / 0, 5)
@@ -162,7 +162,7 @@ def test_a_workers_value_exception_and_descriptors_come_back(processes, tmp_path
 
 
 def test_an_overrun_is_an_error_naming_the_step(processes):
-    from sqlprobe.deadline import Overrun, within
+    from sqlprobe.system.deadline import Overrun, within
 
     with pytest.raises(Overrun, match=r"no answer within 0\.2 s making the queue"):
         within(lambda: time.sleep(60), 0.2, "making the queue")
@@ -172,7 +172,7 @@ def test_a_worker_holds_neither_the_callers_output_nor_its_terminal(processes):
     """`$(sqlprobe check)` reads to the end of the output: a worker stuck in the kernel past
     the deadline (a hung FUSE request; tests/test_hangs.py) must not keep it open, and Ctrl-C
     is its parent's to act on."""
-    from sqlprobe.deadline import within
+    from sqlprobe.system.deadline import within
 
     def streams() -> tuple[list[str], object]:
         return [os.readlink(f"/proc/self/fd/{fd}") for fd in (0, 1, 2)], signal.getsignal(

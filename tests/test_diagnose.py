@@ -8,7 +8,9 @@ import os
 import pytest
 from conftest import make_db
 
-from sqlprobe.diagnose import (
+from sqlprobe.system.linux import Mount, parse_mountinfo
+from sqlprobe.text import redact_command, safe
+from sqlprobe.workflows.diagnose import (
     fd_kind,
     fs_warning,
     is_log_of,
@@ -16,8 +18,6 @@ from sqlprobe.diagnose import (
     mount_of,
     opencode_environment,
 )
-from sqlprobe.procfs import Mount, parse_mountinfo
-from sqlprobe.text import redact_command, safe
 
 LAST_LOG_LINE = "INFO  2026-11-25T10:00:01 +480ms service=plugin name=auth loading internal plugin"
 

@@ -13,7 +13,7 @@ import click
 import pytest
 
 from sqlprobe.cli import cli
-from sqlprobe.verdict import ExitCode, State
+from sqlprobe.judge.verdict import ExitCode, State
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()

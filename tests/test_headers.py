@@ -13,8 +13,9 @@ from conftest import FIXTURES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sqlprobe import dbfile, shm, wal
 from sqlprobe.errors import HeaderError
+from sqlprobe.sqlite import dbheader as dbfile
+from sqlprobe.sqlite import shm, wal
 
 FILES = FIXTURES / "files"
 WAL_BYTES = (FILES / "wal-crashed.db-wal").read_bytes()

@@ -9,11 +9,11 @@ from conftest import FIXTURES
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sqlprobe import layout
-from sqlprobe.dbfile import parse_header
 from sqlprobe.errors import HeaderError
 from sqlprobe.model import ByteRange, FileKey, FileKind, JournalMode, LockLine, Mode
-from sqlprobe.procfs import parse_cmdline, parse_locks, parse_stat, parse_status
+from sqlprobe.sqlite import locks as layout
+from sqlprobe.sqlite.dbheader import parse_header
+from sqlprobe.system.linux import parse_cmdline, parse_locks, parse_stat, parse_status
 
 PROC = FIXTURES / "proc"
 SHM_KEY = FileKey(os.makedev(0xFE, 0), 2146404)

@@ -14,7 +14,7 @@ import apsw
 import pytest
 from conftest import FIXTURES, make_db
 
-from sqlprobe import probe
+from sqlprobe.sqlite import probe
 
 FILES = FIXTURES / "files"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import NOBODY, is_root, make_db
 
-from sqlprobe.running import queue_name
+from sqlprobe.workflows.run import queue_name
 
 SQLPROBE = [sys.executable, "-m", "sqlprobe"]
 TIMEOUT = 60

@@ -85,7 +85,7 @@ def test_hard_link_holder_is_found_only_with_thorough(tmp_path, opener, check_js
 def test_other_users_process_is_skipped_when_the_mode_keeps_it_out(
     tmp_path, opener, check_json, run, monkeypatch, split
 ):
-    from sqlprobe import procfs
+    from sqlprobe.system import linux as procfs
 
     if split:
         monkeypatch.setattr(procfs, "PARALLEL_FROM", 1)
@@ -134,7 +134,7 @@ def test_a_process_that_exits_while_its_descriptors_are_listed_is_passed_over(tm
     """Its /proc/PID/fd was opened, then it exited (a parallel sqlprobe's worker does, all the
     time): the listing fails with ENOENT, which is "no such process", not a crash."""
     from sqlprobe.errors import NoSuchProcess
-    from sqlprobe.procfs import ProcFS
+    from sqlprobe.system.linux import ProcFS
 
     proc = ProcFS()
     child = subprocess.Popen(
@@ -153,6 +153,6 @@ def test_a_process_that_exits_while_its_descriptors_are_listed_is_passed_over(tm
 
 
 def procfs_query():
-    from sqlprobe.procfs import FdQuery
+    from sqlprobe.system.linux import FdQuery
 
     return FdQuery(("/opencode.db",), frozenset(), ())

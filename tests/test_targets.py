@@ -6,7 +6,7 @@ import os
 
 from conftest import make_db
 
-from sqlprobe.targets import default_target, opencode_data_dir, resolve
+from sqlprobe.collect.targets import default_target, opencode_data_dir, resolve
 
 
 def test_data_dir_follows_xdg_data_home_then_home():

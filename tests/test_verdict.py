@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sqlprobe.effects import Outcome, outcome
+from sqlprobe.judge.verdict import ExitCode, State, judge
 from sqlprobe.model import (
     ByteRange,
     DatabaseSnapshot,
@@ -19,7 +19,7 @@ from sqlprobe.model import (
     Snapshot,
     ThreadSample,
 )
-from sqlprobe.verdict import ExitCode, State, judge
+from sqlprobe.sqlite.effects import Outcome, outcome
 
 WAL = DbHeader(4096, 2, 2, 1, 2, 1, 0)
 ROLLBACK = DbHeader(4096, 1, 1, 1, 2, 1, 0)

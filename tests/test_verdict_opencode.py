@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sqlprobe.judge.opencode import judge_opencode, likely_lock_waiters
+from sqlprobe.judge.verdict import State, judge
 from sqlprobe.model import (
     DatabaseSnapshot,
     Holder,
@@ -13,8 +15,6 @@ from sqlprobe.model import (
 )
 from sqlprobe.opencode.flock import dir_name, startup_keys
 from sqlprobe.opencode.paths import Dirs
-from sqlprobe.verdict import State, judge
-from sqlprobe.verdict_opencode import judge_opencode, likely_lock_waiters
 
 NOW = 1_800_000_000.0
 CONFIG = "/home/me/.config/opencode"

@@ -26,10 +26,10 @@ import stat
 from collections.abc import Callable
 from typing import NamedTuple
 
-from ..errors import CannotInspect
-from ..files import describe, open_regular, pread_at_most
-from ..model import LockDir, LockMeta
-from .paths import Dirs, tildify
+from sqlprobe.errors import CannotInspect
+from sqlprobe.model import LockDir, LockMeta
+from sqlprobe.opencode.paths import Dirs, tildify
+from sqlprobe.system.files import describe, open_regular, pread_at_most
 
 STALE_S = 60.0  # staleMs
 HEARTBEAT_S = STALE_S / 3  # the holder's refresh interval

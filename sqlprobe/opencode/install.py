@@ -12,8 +12,8 @@ import stat
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from ..errors import CannotInspect
-from ..files import open_regular, pread_at_most
+from sqlprobe.errors import CannotInspect
+from sqlprobe.system.files import open_regular, pread_at_most
 
 NAME = "opencode"
 PACKAGE_MAX = 256 * 1024

@@ -12,9 +12,7 @@ import itertools
 from enum import Enum, IntEnum
 from typing import TYPE_CHECKING, NamedTuple
 
-from .effects import Outcome, describe, effective_mode, outcome
-from .files import DANGLING, is_a
-from .model import (
+from sqlprobe.model import (
     DatabaseSnapshot,
     FileKind,
     JournalMode,
@@ -24,10 +22,12 @@ from .model import (
     SideFile,
     Snapshot,
 )
-from .text import safe, seconds, short_command
+from sqlprobe.sqlite.effects import Outcome, describe, effective_mode, outcome
+from sqlprobe.system.files import DANGLING, is_a
+from sqlprobe.text import safe, seconds, short_command
 
 if TYPE_CHECKING:
-    from .verdict_opencode import OpencodeVerdict
+    from sqlprobe.judge.opencode import OpencodeVerdict
 
 
 class State(str, Enum):
@@ -106,7 +106,7 @@ def judge(snapshot: Snapshot) -> Verdict:
         return Verdict(State.ERROR, safe(snapshot.error))
     locks = None
     if snapshot.opencode is not None:
-        from .verdict_opencode import judge_opencode  # only for opencode's own data
+        from sqlprobe.judge.opencode import judge_opencode  # only for opencode's own data
 
         locks = judge_opencode(snapshot.opencode)
     blocking = sorted(locks.blockers, key=lambda v: -SEVERITY[v.verdict]) if locks else []
@@ -259,7 +259,7 @@ def stuck_clause(
     if len(states) == 1 and (clause := STOPPED.get(next(iter(states)))):
         return clause
     # Only a blocking lock gets here: keep the wait-for graph off the clear path's imports.
-    from .health import cycle_through, kernel_lock_wait, persistent_edges, waits_on
+    from sqlprobe.judge.health import cycle_through, kernel_lock_wait, persistent_edges, waits_on
 
     edges = persistent_edges(observations)
     if cycle := cycle_through(pid, edges):

@@ -25,9 +25,9 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from .deadline import run_until
-from .effects import Outcome, effective_mode, outcome
-from .model import DatabaseSnapshot, FileKind, JournalMode, Probe, ProbeResult
+from sqlprobe.model import DatabaseSnapshot, FileKind, JournalMode, Probe, ProbeResult
+from sqlprobe.sqlite.effects import Outcome, effective_mode, outcome
+from sqlprobe.system.deadline import run_until
 
 IMMUTABLE = "immutable"
 READONLY_SHM = "readonly_shm"

@@ -23,7 +23,7 @@ import sys
 from types import FrameType
 from typing import Any, TextIO
 
-from .text import unsurrogate
+from sqlprobe.text import unsurrogate
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
 
@@ -98,7 +98,7 @@ def prepare() -> None:
 
 def cannot_write(err: OSError) -> int:
     """Say that the output was lost, on stderr; the exit code for it."""
-    from .verdict import ExitCode
+    from sqlprobe.judge.verdict import ExitCode
 
     sys.stderr.write(f"sqlprobe: cannot write output: {err.strerror or err}\n")
     return int(ExitCode.OUTPUT)

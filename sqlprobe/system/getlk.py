@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import struct
 
-from .model import ByteRange
+from sqlprobe.model import ByteRange
 
 # struct flock on Linux x86_64 and aarch64: l_type, l_whence, (pad), l_start, l_len, l_pid, (pad).
 _FLOCK = struct.Struct("hhxxxxqqixxxx")

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import time
 
-from . import shm, wal
-from .errors import HeaderError
-from .files import describe, pread_at_most
-from .layout import SHM_HEADER_SIZE, WAL_HEADER_SIZE
-from .model import IndexState, ShmHeader, WalState
+from sqlprobe.errors import HeaderError
+from sqlprobe.model import IndexState, ShmHeader, WalState
+from sqlprobe.sqlite import shm, wal
+from sqlprobe.sqlite.locks import SHM_HEADER_SIZE, WAL_HEADER_SIZE
+from sqlprobe.system.files import describe, pread_at_most
 
 SHM_READ_ATTEMPTS = 5  # a writer may be updating the header: read again before believing it
 # Checksums need every page of the WAL, at ~0.1 ms per 4 KiB page in Python: they are verified

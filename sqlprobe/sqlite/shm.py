@@ -10,16 +10,16 @@ from __future__ import annotations
 import struct
 import sys
 
-from .errors import HeaderError
-from .layout import (
+from sqlprobe.errors import HeaderError
+from sqlprobe.model import ShmHeader
+from sqlprobe.sqlite.locks import (
     READ_MARK_UNUSED,
     SHM_CKPT_INFO,
     SHM_HEADER_SIZE,
     SHM_INDEX_HEADER_SIZE,
     SHM_VERSION,
 )
-from .model import ShmHeader
-from .wal import checksum
+from sqlprobe.sqlite.wal import checksum
 
 # iVersion, unused, iChange, isInit, bigEndCksum, szPage, mxFrame, nPage, aFrameCksum[2],
 # aSalt[2], aCksum[2]: 48 bytes, no padding.

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .cli import Command, F, Seconds, _guarded, check_timeout_option, path_argument
+from sqlprobe.cli import Command, F, Seconds, _guarded, check_timeout_option, path_argument
 
 EXIT_REFUSED_HELP = """\b
 Exit codes: the command's own once it runs; when sqlprobe refuses to
@@ -79,8 +79,8 @@ class _Status:
 
 
 def _waiting_on(verdict: Any, waited: float) -> str:
-    from .effects import describe
-    from .text import shorten
+    from sqlprobe.sqlite.effects import describe
+    from sqlprobe.text import shorten
 
     locks = verdict.opencode.blockers if verdict.opencode else ()
     if locks:
@@ -151,8 +151,8 @@ def wait(path: str | None, timeout: float, until: str, quiet: bool) -> None:
       sqlprobe wait && opencode run "review this diff"
       sqlprobe wait --until clear --timeout 120 ~/.local/share/opencode
     """
-    from .text import seconds
-    from .waiting import wait as wait_for
+    from sqlprobe.text import seconds
+    from sqlprobe.workflows.wait import wait as wait_for
 
     status = _Status() if not quiet else None
     try:
@@ -236,8 +236,8 @@ def run(
       sqlprobe run --serialize -- opencode run "review, model A"  # one at a time
       sqlprobe run --isolate -- opencode run "a throwaway session"
     """
-    from . import running
-    from .text import seconds
+    from sqlprobe.text import seconds
+    from sqlprobe.workflows import run as running
 
     command = click.get_current_context().meta["command"]
     if not command:
@@ -260,8 +260,8 @@ def run(
         sys.exit(code)
     until = "clear" if require_clear else "unblocked"
     if serialize:
-        from .text import safe
-        from .verdict import ExitCode
+        from sqlprobe.judge.verdict import ExitCode
+        from sqlprobe.text import safe
 
         try:
             with _refusing_on_overrun(name, status):
@@ -292,9 +292,9 @@ def run(
 @contextlib.contextmanager
 def _refusing_on_overrun(name: str, status: _Status) -> Iterator[None]:
     """A step that touches the filesystem and overran its deadline: refuse with exit 6."""
-    from .deadline import Overrun
-    from .text import safe
-    from .verdict import ExitCode
+    from sqlprobe.judge.verdict import ExitCode
+    from sqlprobe.system.deadline import Overrun
+    from sqlprobe.text import safe
 
     try:
         yield
@@ -318,10 +318,10 @@ def _preflight(
 
     `databases` False: only opencode's own locks count (an isolated run has its own database).
     """
-    from .snapshot import check
-    from .verdict import judge
-    from .waiting import UNTIL
-    from .waiting import wait as wait_for
+    from sqlprobe.collect.snapshot import check
+    from sqlprobe.judge.verdict import judge
+    from sqlprobe.workflows.wait import UNTIL
+    from sqlprobe.workflows.wait import wait as wait_for
 
     if wait_s:
         try:
@@ -346,8 +346,8 @@ def _preflight(
 
 
 def _run_isolated(command: list[str], keep: bool) -> int:
-    from . import running
-    from .text import shell_quote
+    from sqlprobe.text import shell_quote
+    from sqlprobe.workflows import run as running
 
     directory = running.isolated_dir()
     cleanup = (lambda: None) if keep else running.remove_tree(directory)
@@ -436,9 +436,9 @@ def _hook_command(shell: str) -> str:
     Looking means stat()s along PATH and of this environment: run apart, given the queue's 3 s
     per step (a directory of PATH on a hung filesystem), and exit 6 past them.
     """
-    from .deadline import Overrun, within
-    from .running import STEP_S
-    from .text import safe
+    from sqlprobe.system.deadline import Overrun, within
+    from sqlprobe.text import safe
+    from sqlprobe.workflows.run import STEP_S
 
     try:
         running, by_name = within(_sqlprobe_found, STEP_S, "looking for sqlprobe on PATH")

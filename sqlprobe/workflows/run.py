@@ -21,9 +21,9 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from .deadline import Handed, Overrun, within
-from .files import file_type
-from .targets import MEMORY, default_target
+from sqlprobe.collect.targets import MEMORY, default_target
+from sqlprobe.system.deadline import Handed, Overrun, within
+from sqlprobe.system.files import file_type
 
 QUEUE_POLL = 0.05
 ISOLATED_PREFIX = "sqlprobe-isolated-"
@@ -341,7 +341,7 @@ def remove_isolated_dirs(prefix: str, step_s: float = STEP_S) -> None:
 def shown(name: str) -> str:
     """A command's name for a message, quoted as a shell would need it (`''` for an empty
     one, `$'\\xff'` for a byte that is not UTF-8): text.shell_quote."""
-    from .text import shell_quote
+    from sqlprobe.text import shell_quote
 
     return shell_quote(name)
 

@@ -8,11 +8,11 @@ import stat
 from collections.abc import Container, Mapping
 from typing import NamedTuple
 
-from .dbfile import is_sqlite
-from .errors import CannotInspect
-from .files import describe, not_regular, open_regular, pread_at_most
-from .layout import DB_MAGIC
-from .model import FileKey, FileKind
+from sqlprobe.errors import CannotInspect
+from sqlprobe.model import FileKey, FileKind
+from sqlprobe.sqlite.dbheader import is_sqlite
+from sqlprobe.sqlite.locks import DB_MAGIC
+from sqlprobe.system.files import describe, not_regular, open_regular, pread_at_most
 
 OPENCODE_DB = "opencode.db"
 CHANNEL_DB_PATTERN = "opencode-*.db"  # opencode's per-channel databases

@@ -83,7 +83,7 @@ class Overrun(Exception):
     """Work that had not finished by its deadline (`within`)."""
 
     def __init__(self, what: str, seconds: float) -> None:
-        from .text import seconds as shown
+        from sqlprobe.text import seconds as shown
 
         super().__init__(f"no answer within {shown(seconds)} s {what} (a hung filesystem?)")
         self.what = what

@@ -14,11 +14,11 @@ from __future__ import annotations
 import shlex
 from typing import NamedTuple
 
-from .model import LockDir, OpencodeState, Snapshot
-from .opencode import flock
-from .opencode.paths import Dirs
-from .text import duration, safe, shorten
-from .verdict import COMMAND_WIDTH, State, stuck_clause
+from sqlprobe.judge.verdict import COMMAND_WIDTH, State, stuck_clause
+from sqlprobe.model import LockDir, OpencodeState, Snapshot
+from sqlprobe.opencode import flock
+from sqlprobe.opencode.paths import Dirs
+from sqlprobe.text import duration, safe, shorten
 
 # A heartbeat older than its refresh interval by this much is one that stopped being refreshed.
 HEARTBEAT_SLACK_S = 5.0

@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
-from .errors import AccessDenied, CannotInspect, NoSuchProcess
-from .files import describe, open_regular, pread_at_most
-from .model import Snapshot
-from .procfs import DELETED_SUFFIX, Mount, ProcFS
-from .text import looks_secret
+from sqlprobe.errors import AccessDenied, CannotInspect, NoSuchProcess
+from sqlprobe.model import Snapshot
+from sqlprobe.system.files import describe, open_regular, pread_at_most
+from sqlprobe.system.linux import DELETED_SUFFIX, Mount, ProcFS
+from sqlprobe.text import looks_secret
 
 T = TypeVar("T")
 

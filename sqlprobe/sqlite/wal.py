@@ -12,15 +12,15 @@ import struct
 import time
 from collections.abc import Callable
 
-from .errors import HeaderError
-from .layout import (
+from sqlprobe.errors import HeaderError
+from sqlprobe.model import WalHeader, WalScan
+from sqlprobe.sqlite.locks import (
     WAL_FRAME_HEADER_SIZE,
     WAL_HEADER_SIZE,
     WAL_MAGIC_BE,
     WAL_MAGIC_LE,
     WAL_VERSION,
 )
-from .model import WalHeader, WalScan
 
 _MASK = 0xFFFFFFFF
 _HEADER = struct.Struct(">8I")

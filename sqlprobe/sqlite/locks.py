@@ -6,7 +6,7 @@ os_unix.c and wal.c. Pure: no I/O.
 
 from __future__ import annotations
 
-from .model import ByteRange, FileKind, Lock, LockLine, Mode
+from sqlprobe.model import ByteRange, FileKind, Lock, LockLine, Mode
 
 # Main database file (sqlite-locking.md §1).
 PENDING_BYTE = 0x40000000

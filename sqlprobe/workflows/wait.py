@@ -14,14 +14,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
-from .collect_opencode import still_blocks
-from .deadline import run_until
-from .effects import effective_mode, outcome
-from .layout import decode
-from .model import FileKind, Snapshot
-from .procfs import ProcFS
-from .snapshot import AFTER_WINDOW_S, DEFAULT_TIMEOUT, DEFAULT_WINDOW, check
-from .verdict import State, Verdict, judge
+from sqlprobe.collect.opencode import still_blocks
+from sqlprobe.collect.snapshot import AFTER_WINDOW_S, DEFAULT_TIMEOUT, DEFAULT_WINDOW, check
+from sqlprobe.judge.verdict import State, Verdict, judge
+from sqlprobe.model import FileKind, Snapshot
+from sqlprobe.sqlite.effects import effective_mode, outcome
+from sqlprobe.sqlite.locks import decode
+from sqlprobe.system.deadline import run_until
+from sqlprobe.system.linux import ProcFS
 
 POLL_INTERVAL = 0.1
 # While the cheap polls see the same lock held, a full check every so often still: a holder that

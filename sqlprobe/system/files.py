@@ -12,9 +12,9 @@ import os
 import stat
 from collections.abc import Container
 
-from .access import Gate
-from .errors import CannotInspect, OpenInThisProcess
-from .model import FileKey
+from sqlprobe.errors import CannotInspect, OpenInThisProcess
+from sqlprobe.model import FileKey
+from sqlprobe.system.access import Gate
 
 _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 

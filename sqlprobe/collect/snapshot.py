@@ -16,23 +16,16 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 
-from . import collect_opencode, getlk, probe
-from .access import Gate, rules_out_others
-from .dbfile import parse_header
-from .deadline import Deadline, run_until
-from .effects import effective_mode, outcome
-from .errors import AccessDenied, CannotInspect, HeaderError, NoSuchProcess, OpenInThisProcess
-from .files import DANGLING, describe, file_type, gate, is_a, open_regular, pread_at_most
-from .filestate import journal_header_set, read_wal_state
-from .layout import (
-    DB_HEADER_SIZE,
-    RESERVED_BYTE,
-    WAL_FRAME_HEADER_SIZE,
-    WAL_HEADER_SIZE,
-    decode,
-    lock_bytes,
+from sqlprobe.collect import opencode as collect_opencode
+from sqlprobe.collect.targets import Target, default_target, resolve
+from sqlprobe.errors import (
+    AccessDenied,
+    CannotInspect,
+    HeaderError,
+    NoSuchProcess,
+    OpenInThisProcess,
 )
-from .model import (
+from sqlprobe.model import (
     ByteRange,
     DatabaseSnapshot,
     DbHeader,
@@ -53,10 +46,33 @@ from .model import (
     Snapshot,
     WalState,
 )
-from .opencode.paths import Dirs
-from .procfs import DELETED_SUFFIX, ProcFS, quietly, user_name
-from .targets import Target, default_target, resolve
-from .text import seconds
+from sqlprobe.opencode.paths import Dirs
+from sqlprobe.sqlite import probe
+from sqlprobe.sqlite.dbheader import parse_header
+from sqlprobe.sqlite.effects import effective_mode, outcome
+from sqlprobe.sqlite.filestate import journal_header_set, read_wal_state
+from sqlprobe.sqlite.locks import (
+    DB_HEADER_SIZE,
+    RESERVED_BYTE,
+    WAL_FRAME_HEADER_SIZE,
+    WAL_HEADER_SIZE,
+    decode,
+    lock_bytes,
+)
+from sqlprobe.system import getlk
+from sqlprobe.system.access import Gate, rules_out_others
+from sqlprobe.system.deadline import Deadline, run_until
+from sqlprobe.system.files import (
+    DANGLING,
+    describe,
+    file_type,
+    gate,
+    is_a,
+    open_regular,
+    pread_at_most,
+)
+from sqlprobe.system.linux import DELETED_SUFFIX, ProcFS, quietly, user_name
+from sqlprobe.text import seconds
 
 DEFAULT_WINDOW = 0.3
 DEFAULT_TIMEOUT = 3.0
@@ -665,7 +681,7 @@ def _observe(
         hidden = [_hidden_locks(db, locks) for db, locks in zip(dbs, found, strict=True)]
     waits: tuple[tuple[int, int], ...] | None = None
     if complete:
-        from .health import wait_edges  # only when there are locks to relate
+        from sqlprobe.judge.health import wait_edges  # only when there are locks to relate
 
         waits = wait_edges(lines)
     if bad:

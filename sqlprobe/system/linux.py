@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import NamedTuple, TypeVar
 
-from .access import Credentials, Gate, ruled_out
-from .errors import AccessDenied, NoSuchProcess
-from .model import ByteRange, FileKey, LockLine, ProcSample, ThreadSample
-from .text import redact_command
+from sqlprobe.errors import AccessDenied, NoSuchProcess
+from sqlprobe.model import ByteRange, FileKey, LockLine, ProcSample, ThreadSample
+from sqlprobe.system.access import Credentials, Gate, ruled_out
+from sqlprobe.text import redact_command
 
 DELETED_SUFFIX = " (deleted)"
 # The descriptor scan is split across this many processes (at most one per CPU) once there are

@@ -12,8 +12,9 @@ from typing import Any, ClassVar, TypeVar
 
 import click
 
-from . import __version__, cli_io
-from .cli_io import OutputError, json_text
+from sqlprobe import __version__
+from sqlprobe.cli import streams as cli_io
+from sqlprobe.cli.streams import OutputError, json_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -157,9 +158,9 @@ class LazyGroup(click.Group):
         self.params.append(_help_flag())
 
     lazy: ClassVar[dict[str, str]] = {
-        "wait": "cli_workflows",
-        "run": "cli_workflows",
-        "hook": "cli_workflows",
+        "wait": "workflows",
+        "run": "workflows",
+        "hook": "workflows",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -201,7 +202,7 @@ def cli() -> None:
     git locks left in its snapshot repos; it answers with an exit code. It never writes to
     any of them, never creates a file beside them and never takes a lock.
     """
-    from .deadline import use_processes
+    from sqlprobe.system.deadline import use_processes
 
     # Work that may hang (a filesystem, SQLite) runs in children killed at the deadline: a
     # thread stuck in the kernel would keep this process from exiting (deadline.py).
@@ -281,8 +282,8 @@ def _take(
     probe_live: bool,
     thorough: bool,
 ) -> tuple[Any, Any]:
-    from .snapshot import check as take_snapshot
-    from .verdict import judge
+    from sqlprobe.collect.snapshot import check as take_snapshot
+    from sqlprobe.judge.verdict import judge
 
     snapshot = take_snapshot(
         path,
@@ -300,12 +301,22 @@ def _take(
 
 def _report(snapshot: Any, verdict: Any, wide: bool = False) -> tuple[str, bool]:
     """The human report, and whether it is coloured."""
-    from .render import human
-    from .targets import opencode_data_dir
+    from sqlprobe.collect.targets import opencode_data_dir
+    from sqlprobe.render.report import human
 
     color = _colored()
-    data_dir = opencode_data_dir(os.environ)
-    return human(snapshot, verdict, _styler(color), data_dir, _width(), wide), color
+    auth = os.path.join(opencode_data_dir(os.environ), "auth.json")
+    shown = auth if _is_file(auth) else None
+    return human(snapshot, verdict, _styler(color), shown, _width(), wide), color
+
+
+def _is_file(path: str) -> bool:
+    """Whether `path` is a file, asked apart and given 0.1 s: the data dir may be on a hung
+    filesystem, and the report must not wait on it (unanswered: no)."""
+    from sqlprobe.system.deadline import run_until
+
+    job = run_until(lambda: os.path.isfile(path), 0.1, name="sqlprobe-auth")
+    return job.done.is_set() and job.error is None and bool(job.value)
 
 
 def _width() -> int | None:
@@ -332,7 +343,7 @@ def _colored() -> bool:
 
 def _one_line_error(snapshot: Any, verdict: Any) -> bool:
     """Whether the report is only an error (on stderr, as `sqlprobe: error: ...`)."""
-    from .verdict import State
+    from sqlprobe.judge.verdict import State
 
     return verdict.state is State.ERROR and len(snapshot.databases) <= 1
 
@@ -383,7 +394,7 @@ def check(
     snapshot, verdict = _take(path, window, timeout, busy_timeout, no_probe, probe_live, thorough)
     if quiet:
         sys.exit(int(verdict.exit_code))
-    from .render import to_json  # only needed when there is something to print
+    from sqlprobe.render.report import to_json  # only needed when there is something to print
 
     if as_json:
         click.echo(json_text(to_json(snapshot, verdict)))
@@ -427,12 +438,12 @@ def diagnose(
     """
     import time
 
-    from .deadline import run_until
-    from .diagnose import diagnose as gather
-    from .render import to_json
-    from .render_diagnose import diagnosis_json, diagnosis_text
-    from .text import seconds
-    from .verdict_opencode import likely_lock_waiters
+    from sqlprobe.judge.opencode import likely_lock_waiters
+    from sqlprobe.render.diagnose import diagnosis_json, diagnosis_text
+    from sqlprobe.render.report import to_json
+    from sqlprobe.system.deadline import run_until
+    from sqlprobe.text import seconds
+    from sqlprobe.workflows.diagnose import diagnose as gather
 
     if as_json and quiet:
         raise click.UsageError("--json and --quiet cannot be used together")

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .effects import outcome
-from .health import Health, health, likely_waiting, persistent_edges, waits_on
-from .layout import WAL_FRAME_HEADER_SIZE
-from .model import (
+from sqlprobe.judge.health import Health, health, likely_waiting, persistent_edges, waits_on
+from sqlprobe.judge.opencode import LockVerdict, OpencodeVerdict
+from sqlprobe.judge.verdict import Blocker, DatabaseVerdict, State, Verdict, skipped_caveat
+from sqlprobe.model import (
     DatabaseSnapshot,
     DbHeader,
     FileKind,
@@ -26,11 +26,11 @@ from .model import (
     Snapshot,
     WalState,
 )
-from .opencode.flock import key_words
-from .opencode.paths import tildify
-from .text import duration, safe, shell_quote, short_command, wrap
-from .verdict import Blocker, DatabaseVerdict, State, Verdict, skipped_caveat
-from .verdict_opencode import LockVerdict, OpencodeVerdict
+from sqlprobe.opencode.flock import key_words
+from sqlprobe.opencode.paths import tildify
+from sqlprobe.sqlite.effects import outcome
+from sqlprobe.sqlite.locks import WAL_FRAME_HEADER_SIZE
+from sqlprobe.text import duration, safe, shell_quote, short_command, wrap
 
 SCHEMA = 1
 
@@ -296,14 +296,15 @@ def human(
     snapshot: Snapshot,
     verdict: Verdict,
     style: Any,
-    data_dir: str,
+    auth: str | None,
     width: int | None = None,
     wide: bool = False,
 ) -> str:
     """The human report: the verdict line, a table per database, warnings, what to do.
 
     `style(text, fg=..., bold=...)` colours text (click.style, or a no-op without colour);
-    `data_dir` is opencode's data dir, where the advice finds auth.json. `width` is the
+    `auth` is opencode's auth.json when it exists (the advice on isolating a run names it),
+    else None: render reads no file itself. `width` is the
     terminal's: prose is wrapped to it and the tables narrowed; None (a pipe) keeps every
     line whole. `wide` shows every column and the full command lines, unwrapped.
     """
@@ -350,7 +351,7 @@ def human(
     for warning in all_warnings(snapshot, verdict):
         lines = wrap(f"warning: {safe(warning)}", width, hang="  ")
         out.extend(style(line, fg="yellow") for line in lines)
-    advice = _advice(snapshot, verdict, data_dir)
+    advice = _advice(snapshot, verdict, auth)
     if advice:
         out.append("")
         out.append("What you can do:")
@@ -615,7 +616,7 @@ def _legend(snapshot: Snapshot, verdict: Verdict, windowed: bool) -> list[str]:
     return lines
 
 
-def _advice(snapshot: Snapshot, verdict: Verdict, data_dir: str) -> list[str]:
+def _advice(snapshot: Snapshot, verdict: Verdict, auth: str | None) -> list[str]:
     state = verdict.state
     if state in (State.CLEAR, State.ERROR):
         return []
@@ -634,8 +635,7 @@ def _advice(snapshot: Snapshot, verdict: Verdict, data_dir: str) -> list[str]:
         "isolate the run: sqlprobe run --isolate -- opencode run ... gives it its own database"
         " while credentials stay shared (its session is not in the shared history)"
     )
-    auth = f"{data_dir}/auth.json"
-    if _is_file(auth):  # a per-run data dir has no credentials unless they are copied in
+    if auth:  # a per-run data dir has no credentials unless they are copied in
         isolate += f"; a per-run XDG_DATA_HOME also works but needs {safe(auth)} copied in"
     lines = []
     stuck = [b for b in blockers if b.stuck]
@@ -669,17 +669,6 @@ def _advice(snapshot: Snapshot, verdict: Verdict, data_dir: str) -> list[str]:
         lines.append(_unnamed_holder(blockers))
     lines.append(isolate)
     return lines
-
-
-def _is_file(path: str) -> bool:
-    """Whether `path` is a file, asked apart and given 0.1 s: the data dir may be on a hung
-    filesystem, and the report must not wait on it (unanswered: no)."""
-    import os
-
-    from .deadline import run_until
-
-    job = run_until(lambda: os.path.isfile(path), 0.1, name="sqlprobe-auth")
-    return job.done.is_set() and job.error is None and bool(job.value)
 
 
 def _unnamed_holder(blockers: Iterable[Blocker]) -> str:

@@ -13,12 +13,20 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 
-from .errors import AccessDenied, NoSuchProcess
-from .model import FileKey, IndexLock, LockDir, LockOwner, Observation, OpencodeState, ZombieChild
-from .opencode import flock, install
-from .opencode.paths import Dirs, dirs
-from .procfs import ProcFS, quietly
-from .targets import MEMORY, OPENCODE_DB, default_target
+from sqlprobe.collect.targets import MEMORY, OPENCODE_DB, default_target
+from sqlprobe.errors import AccessDenied, NoSuchProcess
+from sqlprobe.model import (
+    FileKey,
+    IndexLock,
+    LockDir,
+    LockOwner,
+    Observation,
+    OpencodeState,
+    ZombieChild,
+)
+from sqlprobe.opencode import flock, install
+from sqlprobe.opencode.paths import Dirs, dirs
+from sqlprobe.system.linux import ProcFS, quietly
 
 INDEX_LOCK = "index.lock"
 MAX_SNAPSHOT_DIRS = 2048  # project and worktree directories looked into, in all

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import struct
 
-from .errors import HeaderError
-from .layout import DB_HEADER_SIZE, DB_MAGIC
-from .model import DbHeader
+from sqlprobe.errors import HeaderError
+from sqlprobe.model import DbHeader
+from sqlprobe.sqlite.locks import DB_HEADER_SIZE, DB_MAGIC
 
 
 def is_sqlite(data: bytes) -> bool:

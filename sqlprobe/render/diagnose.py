@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .diagnose import Diagnosis, HolderDetails
-from .opencode.flock import key_words
-from .text import duration, safe, shorten, wrap
-from .verdict_opencode import LockVerdict
+from sqlprobe.judge.opencode import LockVerdict
+from sqlprobe.opencode.flock import key_words
+from sqlprobe.text import duration, safe, shorten, wrap
+from sqlprobe.workflows.diagnose import Diagnosis, HolderDetails
 
 STACK_LINES = 12
 

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from .model import LockLine, Observation, ProcSample, ThreadSample
+from sqlprobe.model import LockLine, Observation, ProcSample, ThreadSample
 
 # wchan of a thread sleeping in nanosleep: SQLite's busy handler between two lock attempts.
 NANOSLEEP = frozenset({"hrtimer_nanosleep", "do_nanosleep", "clock_nanosleep"})

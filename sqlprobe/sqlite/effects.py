@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import Enum
 
-from .layout import FCNTL_CLASSES
-from .model import FileKind, JournalMode, Lock, Mode
+from sqlprobe.model import FileKind, JournalMode, Lock, Mode
+from sqlprobe.sqlite.locks import FCNTL_CLASSES
 
 
 class Outcome(str, Enum):
