@@ -8,10 +8,12 @@ import stat
 from collections.abc import Container, Mapping
 from typing import NamedTuple
 
+from sqlprobe import system
 from sqlprobe.errors import CannotInspect
 from sqlprobe.model import FileKey, FileKind
 from sqlprobe.sqlite.dbheader import is_sqlite
 from sqlprobe.sqlite.locks import DB_MAGIC
+from sqlprobe.system.backend import Backend
 from sqlprobe.system.files import describe, not_regular, open_regular, pread_at_most
 
 OPENCODE_DB = "opencode.db"
@@ -60,6 +62,7 @@ def resolve(
     env: Mapping[str, str],
     avoid: Container[FileKey] = frozenset(),
     caller: int | None = None,
+    proc: Backend | None = None,
 ) -> Target:
     """Turn the user's PATH (or opencode's default) into the databases to inspect.
 
@@ -87,14 +90,15 @@ def resolve(
             note="OPENCODE_DB is :memory: (opencode keeps its database in memory): "
             "there is nothing on disk to check",
         )
-    where = _pinned(label, caller)
+    proc = proc or system.backend()
+    where = proc.pinned(label, caller)
     # SQLite follows symlinks to the real file and opens that (sqlite-locking.md §4).
     real = os.path.realpath(where)
     try:
         # `where`, not `real`: a /proc/PID/fd/N link to a pipe or a deleted file has no path.
         st = os.stat(where)
     except FileNotFoundError as err:
-        if _is_fd(where):  # a descriptor that is not open: nothing a new instance creates
+        if proc.names_descriptor(where):  # not open: nothing a new instance creates
             return Target(label=label, error=f"{label}: {describe(err)}")
         if path is None and not env.get("OPENCODE_DB"):
             # A data dir not made yet: opencode makes it.
@@ -115,7 +119,7 @@ def resolve(
         return _directory(label, real, avoid)
     why = not_regular(st.st_mode)
     if why:
-        return Target(label=label, error=f"{label}: {why}{_leads_to(label, where, real)}")
+        return Target(label=label, error=f"{label}: {why}{_leads_to(proc, label, where, real)}")
     try:
         named = os.stat(real)
     except OSError:
@@ -124,46 +128,15 @@ def resolve(
         # A descriptor of a file deleted since (its link reads "PATH (deleted)"), or renamed.
         return Target(
             label=label,
-            error=f"{label}: names {_link(where) or real}, a file that no longer has a name",
+            error=f"{label}: names {proc.descriptor_link(where) or real}, a file that no longer"
+            " has a name",
         )
     return Target(label=label, databases=(real,))
 
 
-_STREAMS = {"/dev/stdin": "fd/0", "/dev/stdout": "fd/1", "/dev/stderr": "fd/2"}
-_SELF = (("/dev/fd/", "fd/"), ("/proc/self/", ""), ("/proc/thread-self/", ""))
-
-
-def _pinned(path: str, caller: int | None) -> str:
-    """`path` with /proc/self, /dev/fd and /dev/stdin (stdout, stderr) made `caller`'s."""
-    if caller is None:
-        return path
-    if path in _STREAMS:
-        return f"/proc/{caller}/{_STREAMS[path]}"
-    for prefix, into in _SELF:
-        if path.startswith(prefix):
-            return f"/proc/{caller}/{into}{path[len(prefix) :]}"
-    return path
-
-
-def _is_fd(path: str) -> bool:
-    """Whether `path` is /proc/PID/fd/N."""
-    parts = path.split("/")
-    return len(parts) == 5 and parts[:2] == ["", "proc"] and parts[3] == "fd"
-
-
-def _link(path: str) -> str | None:
-    """The text of /proc/PID/fd/N: a path, `pipe:[1234]`, `/dev/pts/0`; None for other paths."""
-    if not _is_fd(path):
-        return None
-    try:
-        return os.readlink(path)
-    except OSError:
-        return None
-
-
-def _leads_to(label: str, where: str, real: str) -> str:
+def _leads_to(proc: Backend, label: str, where: str, real: str) -> str:
     """What a PATH that is a link leads to, for the message: ` (pipe:[1234])`, ` (/dev/null)`."""
-    link = _link(where)
+    link = proc.descriptor_link(where)
     if link is not None:
         return f" ({link})"
     return f" ({real})" if os.path.islink(where) and real != label else ""

@@ -223,7 +223,7 @@ def _become_worker() -> None:  # pragma: no cover (runs in the child)
     global _processes
     _processes = False
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:  # the name other sqlprobe processes know it by (procfs.is_sqlprobe)
+    try:  # the name other sqlprobe processes know it by (LinuxBackend.is_sqlprobe)
         with open("/proc/self/comm", "w") as comm:
             comm.write("sqlprobe")
     except OSError:

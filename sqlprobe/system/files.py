@@ -15,6 +15,7 @@ from collections.abc import Container
 from sqlprobe.errors import CannotInspect, OpenInThisProcess
 from sqlprobe.model import FileKey
 from sqlprobe.system.access import Gate
+from sqlprobe.text import DANGLING, is_a  # noqa: F401 (callers import them from here too)
 
 _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -26,7 +27,6 @@ _TYPES = (
     (stat.S_ISBLK, "block device"),
     (stat.S_ISLNK, "symbolic link"),
 )
-DANGLING = "dangling symbolic link"
 
 
 def file_type(mode: int) -> str | None:
@@ -34,14 +34,6 @@ def file_type(mode: int) -> str | None:
     if stat.S_ISREG(mode):
         return None
     return next((name for test, name in _TYPES if test(mode)), "special file")
-
-
-def is_a(kind: str) -> str:
-    """The problem text for a file that is a `kind` (a file_type): "is a FIFO, not a regular
-    file"; a directory or a symbolic link is said as it is."""
-    if kind == "directory" or kind.endswith("symbolic link"):
-        return f"is a {kind}"
-    return f"is a {kind}, not a regular file"
 
 
 def not_regular(mode: int) -> str | None:

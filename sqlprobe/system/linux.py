@@ -1,145 +1,76 @@
-"""Everything sqlprobe reads from /proc, in one place (a macOS backend would replace this module).
+"""The Linux backend: everything sqlprobe reads from /proc, in one place (`LinuxBackend`).
 
 Follows psutil's `_pslinux.py`: reads are small and binary; a process that vanishes mid-read
 raises `NoSuchProcess`, one that forbids raises `AccessDenied`, and the caller decides whether to
-skip or to count. The parsers (`parse_locks`, `parse_stat`) are pure and tested on fixtures.
+skip or to count. The text of /proc is parsed by procparse.py (pure, tested on fixtures); the
+Linux facts the other layers must not know (the ` (deleted)` of a link, clock ticks, wchan
+names, mountinfo) stay here.
 """
 
 from __future__ import annotations
 
 import os
-import pwd
-import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import NamedTuple, TypeVar
+from typing import ClassVar, NamedTuple
 
 from sqlprobe.errors import AccessDenied, NoSuchProcess
-from sqlprobe.model import ByteRange, FileKey, LockLine, ProcSample, ThreadSample
-from sqlprobe.system.access import Credentials, Gate, ruled_out
+from sqlprobe.model import (
+    WAIT_FILE_LOCK,
+    WAIT_NANOSLEEP,
+    FileKey,
+    LockLine,
+    ProcSample,
+    ThreadSample,
+)
+from sqlprobe.system.access import Gate, ruled_out
+from sqlprobe.system.backend import Descriptor, FdScan, Mount
+from sqlprobe.system.procparse import (
+    parse_cmdline,
+    parse_environ,
+    parse_fdinfo_file,
+    parse_fdinfo_locks,
+    parse_locks,
+    parse_mount_devs,
+    parse_mountinfo,
+    parse_stat,
+    parse_stat_name,
+    parse_status,
+)
 from sqlprobe.text import redact_command
 
+# What readlink of /proc/PID/fd/N (or exe) appends for a file deleted while held open.
 DELETED_SUFFIX = " (deleted)"
+# wchan of a thread sleeping in nanosleep: SQLite's busy handler between two lock attempts.
+NANOSLEEP = frozenset({"hrtimer_nanosleep", "do_nanosleep", "clock_nanosleep"})
+# wchan of a thread blocked in the kernel on a file lock (F_SETLKW, flock).
+LOCK_WAIT = frozenset(
+    {"fcntl_setlk", "flock_lock_inode_wait", "locks_lock_inode_wait", "do_lock_file_wait"}
+)
 # The descriptor scan is split across this many processes (at most one per CPU) once there are
 # this many processes to scan.
 SCAN_WORKERS = 4
 PARALLEL_FROM = 256
 
 
-def parse_locks(text: str) -> tuple[list[LockLine], int]:
-    """Parse /proc/locks (or the `lock:` lines of fdinfo, prefix removed).
-
-    Returns the lines and the number that could not be parsed. Format (fs/locks.c):
-    `<id>: [-> ]<CLASS> <MODE> <TYPE> <PID> <MAJ>:<MIN>:<INODE> <START> <END|EOF>`, MAJ and MIN
-    in hex. Lines without an inode (`<none>:0`) cannot be on a database file and are skipped.
-    """
-    lines: list[LockLine] = []
-    bad = 0
-    for raw in text.splitlines():
-        if not raw.strip():
-            continue
-        try:
-            head, rest = raw.split(":", 1)
-            tokens = rest.split()
-            waiter = tokens[0] == "->"
-            if waiter:
-                tokens = tokens[1:]
-            lock_class, _mode, lock_type, pid, devino, start, end = tokens[:7]
-            if devino.startswith("<none>"):
-                continue
-            major, minor, ino = devino.split(":")
-            lines.append(
-                LockLine(
-                    lock_id=int(head),
-                    waiter=waiter,
-                    lock_class=lock_class,
-                    exclusive=lock_type == "WRITE",
-                    pid=int(pid),
-                    file=FileKey(os.makedev(int(major, 16), int(minor, 16)), int(ino)),
-                    range=ByteRange(int(start), None if end == "EOF" else int(end)),
-                )
-            )
-        except (ValueError, IndexError):
-            bad += 1
-    return lines, bad
+def waiting_in(wchan: str) -> str:
+    """ThreadSample.waiting for a thread sleeping in kernel function `wchan`."""
+    if wchan in LOCK_WAIT:
+        return WAIT_FILE_LOCK
+    if wchan in NANOSLEEP:
+        return WAIT_NANOSLEEP
+    return ""
 
 
-class StatFields(NamedTuple):
-    state: str
-    ppid: int
-    cpu_ticks: int  # utime + stime
-    start_ticks: int
-
-
-def parse_stat(data: bytes) -> StatFields:
-    """(state, ppid, cpu ticks, start ticks) from /proc/PID/stat.
-
-    Split at the *last* `)`: the command name may itself contain spaces and parentheses.
-    """
-    fields = data[data.rindex(b")") + 2 :].split()
-    # Field n of proc(5) is fields[n - 3]: state 3, ppid 4, utime 14, stime 15, starttime 22.
-    return StatFields(
-        fields[0].decode(), int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19])
-    )
-
-
-def parse_status(data: bytes) -> Credentials:
-    """A process's uids, gids, groups and whether it has any capability, from /proc/PID/status.
-
-    Raises ValueError when a field is missing or malformed.
-    """
-    fields = dict(line.split(b":", 1) for line in data.splitlines() if b":" in line)
-    if b"Uid" not in fields or b"Gid" not in fields:
-        raise ValueError("no Uid or Gid line")
-    caps = (fields.get(b"CapPrm", b"0"), fields.get(b"CapEff", b"0"), fields.get(b"CapAmb", b"0"))
-    return Credentials(
-        frozenset(map(int, fields[b"Uid"].split())),
-        frozenset(map(int, fields[b"Gid"].split() + fields.get(b"Groups", b"").split())),
-        any(int(c, 16) for c in caps),
-    )
-
-
-def parse_cmdline(data: bytes) -> str:
-    """The command line with its NUL separators as spaces; bytes that are not UTF-8 escaped."""
-    return data.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "backslashreplace")
-
-
-class Mount(NamedTuple):
-    mount_point: str
-    fstype: str
-    source: str
-
-
-def _unescape_mount(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal `\\040` etc."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def parse_mountinfo(text: str) -> list[Mount]:
-    """Mount points, filesystem types and sources from /proc/PID/mountinfo (proc(5))."""
-    mounts = []
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
-        fields, rest = left.split(), right.split()
-        if not sep or len(fields) < 5 or len(rest) < 2:
-            continue
-        mounts.append(Mount(_unescape_mount(fields[4]), rest[0], _unescape_mount(rest[1])))
-    return mounts
-
-
-def parse_environ(data: bytes) -> dict[str, str]:
-    """/proc/PID/environ: NUL-separated NAME=value; bytes that are not UTF-8 escaped."""
-    env = {}
-    for item in data.split(b"\0"):
-        name, sep, value = item.partition(b"=")
-        if sep and name:
-            key = name.decode("utf-8", "backslashreplace")
-            env[key] = value.decode("utf-8", "backslashreplace")
-    return env
+def descriptor(pid: int, fd: int, link: str) -> Descriptor:
+    """A descriptor from its link text: `path (deleted)` is a file deleted while held open."""
+    if link.endswith(DELETED_SUFFIX):
+        return Descriptor(pid, fd, link.removesuffix(DELETED_SUFFIX), True)
+    return Descriptor(pid, fd, link)
 
 
 class FdQuery(NamedTuple):
-    """What `ProcFS.find_fds` looks for."""
+    """What `LinuxBackend.find_fds` looks for."""
 
     suffixes: tuple[str, ...]  # a link ending in one of these is a candidate
     # Thorough: stat every descriptor whose link is a path, and take it when it is one of these.
@@ -148,25 +79,13 @@ class FdQuery(NamedTuple):
     gates: tuple[Gate, ...] = ()
 
 
-class FdScan(NamedTuple):
-    """What `ProcFS.find_fds` found: (pid, fd, link text) of each candidate, the pids whose
-    descriptors could not be read, and the pids skipped because they could not open the files."""
-
-    found: list[tuple[int, int, str]]
-    denied: set[int]
-    skipped: set[int]
-
-    def merge(self, other: FdScan) -> FdScan:
-        return FdScan(
-            self.found + other.found, self.denied | other.denied, self.skipped | other.skipped
-        )
-
-
 def _write_scan(pipe: int, scan: FdScan) -> None:
-    """Send a scan through a pipe: NUL-separated records of four fields."""
+    """Send a scan through a pipe: NUL-separated records of four fields (F: a descriptor, X: a
+    deleted file's, D: a denied pid, S: a skipped one)."""
     out = bytearray()
-    for pid, fd, link in scan.found:
-        out += b"F\0%d\0%d\0" % (pid, fd) + os.fsencode(link) + b"\0"
+    for d in scan.found:
+        out += b"X" if d.deleted else b"F"
+        out += b"\0%d\0%d\0" % (d.pid, d.fd) + os.fsencode(d.target) + b"\0"
     for kind, pids in ((b"D", scan.denied), (b"S", scan.skipped)):
         for pid in pids:
             out += kind + b"\0%d\0\0\0" % pid
@@ -184,9 +103,9 @@ def _read_scan(pipe: int) -> FdScan:
     fields = b"".join(chunks).split(b"\0")
     scan = FdScan([], set(), set())
     for i in range(0, len(fields) - 3, 4):
-        kind, pid, fd, link = fields[i : i + 4]
-        if kind == b"F":
-            scan.found.append((int(pid), int(fd), os.fsdecode(link)))
+        kind, pid, fd, target = fields[i : i + 4]
+        if kind in (b"F", b"X"):
+            scan.found.append(Descriptor(int(pid), int(fd), os.fsdecode(target), kind == b"X"))
         else:
             (scan.denied if kind == b"D" else scan.skipped).add(int(pid))
     return scan
@@ -196,14 +115,16 @@ UNKNOWN_DEVICE = -1  # fd_key's device for a file on a mount no mountinfo lists
 SQLPROBE_COMM = b"sqlprobe"  # /proc/PID/comm of sqlprobe's processes (deadline.py names them)
 
 
-class ProcFS:
-    """Reader of one /proc tree (root injectable, so that tests can point it elsewhere)."""
+class LinuxBackend:
+    """The Backend (backend.py) of one /proc tree (root injectable, so that tests can point it
+    at a tree of their own)."""
 
     def __init__(self, root: str = "/proc") -> None:
         self.root = root
         self.clock_ticks = os.sysconf("SC_CLK_TCK")
         self._mount_devs: dict[int, int] = {}  # mount id -> its device (mountinfo)
         self._mountinfo_read: set[int | str] = set()
+        self._boot: float | None = None
 
     @property
     def self_pid(self) -> int:
@@ -224,12 +145,16 @@ class ProcFS:
                 yield int(name)
 
     def boot_time(self) -> float:
-        """When the system booted, in epoch seconds (`btime` of /proc/stat)."""
-        with open(f"{self.root}/stat", "rb") as f:
-            for line in f:
-                if line.startswith(b"btime "):
-                    return float(line.split()[1])
-        raise OSError(f"no btime in {self.root}/stat")
+        """When the system booted, in epoch seconds (`btime` of /proc/stat; it never changes)."""
+        if self._boot is None:
+            with open(f"{self.root}/stat", "rb") as f:
+                for line in f:
+                    if line.startswith(b"btime "):
+                        self._boot = float(line.split()[1])
+                        break
+                else:
+                    raise OSError(f"no btime in {self.root}/stat")
+        return self._boot
 
     def uptime(self) -> float:
         with open(f"{self.root}/uptime", "rb") as f:
@@ -261,9 +186,10 @@ class ProcFS:
 
         One readlink per descriptor, through a directory descriptor; the caller confirms a match
         by (device, inode) with `fd_key`. A file deleted while open reads as `path (deleted)`
-        and still matches. With `keys` (thorough), every descriptor whose link is a path is
-        also stat()ed and taken when it is one of those files (a hard link, a bind mount). With
-        `gates`, a process that could open none of the files is skipped (access.py).
+        and still matches (a Descriptor with `deleted`). With `keys` (thorough), every
+        descriptor whose link is a path is also stat()ed and taken when it is one of those
+        files (a hard link, a bind mount). With `gates`, a process that could open none of the
+        files is skipped (access.py).
 
         The kernel's readlink dominates, so with many processes the scan is split across CPUs:
         forked children scan their share and send it back through a pipe (threads would
@@ -294,7 +220,8 @@ class ProcFS:
                 if query.gates and self._cannot_open(pid, query.gates):
                     scan.skipped.add(pid)
                     continue
-                scan.found.extend((pid, fd, link) for fd, link in self._matching(pid, query))
+                found = self._matching(pid, query)
+                scan.found.extend(descriptor(pid, fd, link) for fd, link in found)
             except NoSuchProcess:
                 continue  # exited during the scan: it holds nothing any more
             except AccessDenied:
@@ -362,10 +289,10 @@ class ProcFS:
             os.close(dir_fd)
         return found
 
-    def fd_link(self, pid: int, fd: int) -> str:
-        """The link text of one descriptor of `pid`."""
+    def descriptor(self, pid: int, fd: int) -> Descriptor:
+        """What one descriptor of `pid` refers to now, from its link text."""
         with self._reading(pid, f"fd/{fd}"):
-            return os.readlink(f"{self.root}/{pid}/fd/{fd}")
+            return descriptor(pid, fd, os.readlink(f"{self.root}/{pid}/fd/{fd}"))
 
     def own_files(self) -> frozenset[FileKey]:
         """(device, inode) of every file this process has open (read before opening any)."""
@@ -389,16 +316,9 @@ class ProcFS:
         descriptors); UNKNOWN_DEVICE for a detached mount. Kernels before 5.14 print no inode
         there: then the file is stat()ed.
         """
-        info = self._read(pid, f"fdinfo/{fd}")
-        mount = ino = None
-        for line in info.splitlines():
-            if line.startswith(b"mnt_id:"):
-                mount = int(line.split()[1])
-            elif line.startswith(b"ino:"):
-                ino = int(line.split()[1])
+        mount, ino = parse_fdinfo_file(self._read(pid, f"fdinfo/{fd}"))
         if ino is None or mount is None:
-            with self._reading(pid, f"fd/{fd}"):
-                st = os.stat(f"{self.root}/{pid}/fd/{fd}")
+            st = self.fd_stat(pid, fd)
             return FileKey(st.st_dev, st.st_ino)
         dev = self.mount_dev(mount, pid)
         # A mount in no mountinfo is detached (umount -l): not where the database is.
@@ -421,11 +341,7 @@ class ProcFS:
                     text = f.read()
             except (NoSuchProcess, AccessDenied):
                 continue
-            for line in text.splitlines():
-                fields = line.split(maxsplit=3)
-                if len(fields) >= 3 and b":" in fields[2]:
-                    major, _, minor = fields[2].partition(b":")
-                    self._mount_devs[int(fields[0])] = os.makedev(int(major), int(minor))
+            self._mount_devs.update(parse_mount_devs(text))
         return self._mount_devs.get(mount)
 
     def is_sqlprobe(self, pid: int) -> bool:
@@ -436,13 +352,13 @@ class ProcFS:
         except (NoSuchProcess, AccessDenied):
             return False
 
+    def exists(self, pid: int) -> bool:
+        """Whether /proc/PID is there (a zombie's is, until it is reaped)."""
+        return os.path.exists(f"{self.root}/{pid}")
+
     def fd_locks(self, pid: int, fd: int) -> list[LockLine]:
         """The locks that /proc/PID/fdinfo/FD lists for this descriptor (same uid or root)."""
-        text = self._read(pid, f"fdinfo/{fd}").decode("ascii", "replace")
-        body = "\n".join(
-            line.partition("\t")[2] for line in text.splitlines() if line.startswith("lock:")
-        )
-        return parse_locks(body)[0]
+        return parse_fdinfo_locks(self._read(pid, f"fdinfo/{fd}").decode("ascii", "replace"))
 
     def sample(self, pid: int, threads: bool = False) -> ProcSample:
         """State and CPU time of `pid`; with `threads`, each thread's state, CPU, wchan too, and
@@ -463,6 +379,23 @@ class ProcFS:
             zombies,
         )
 
+    def age(self, sample: ProcSample) -> float | None:
+        """Seconds since the sampled process started: uptime less its start (clock ticks after
+        boot, field 22 of stat); None when /proc/uptime cannot be read."""
+        try:
+            uptime = self.uptime()
+        except OSError:
+            return None
+        return max(0.0, round(uptime - sample.start_ticks / self.clock_ticks, 2))
+
+    def started_at(self, sample: ProcSample) -> float | None:
+        """When the sampled process started, in epoch seconds: the boot time (whole seconds)
+        plus its start; None when /proc/stat has no boot time."""
+        try:
+            return self.boot_time() + sample.start_ticks / self.clock_ticks
+        except OSError:
+            return None
+
     def _threads(self, pid: int) -> Iterator[ThreadSample]:
         with self._reading(pid, "task"):
             tids = os.listdir(f"{self.root}/{pid}/task")
@@ -481,7 +414,8 @@ class ProcFS:
                     wchan = "?"
             except NoSuchProcess:
                 continue  # the thread exited between the listing and the read
-            yield ThreadSample(int(tid), st.state, ns, "" if wchan == "0" else wchan, scheduled)
+            wchan = "" if wchan == "0" else wchan
+            yield ThreadSample(int(tid), st.state, ns, wchan, scheduled, waiting_in(wchan))
 
     def children(self, pid: int) -> list[int]:
         """The pids of `pid`'s children, from every thread's `task/TID/children`."""
@@ -507,21 +441,22 @@ class ProcFS:
         return zombies
 
     def exe(self, pid: int) -> str:
-        """The executable's path (same user, or root)."""
+        """The executable's path (same user, or root), without the ` (deleted)` of a binary
+        replaced or removed since it was started."""
         with self._reading(pid, "exe"):
-            return os.readlink(f"{self.root}/{pid}/exe")
+            return os.readlink(f"{self.root}/{pid}/exe").removesuffix(DELETED_SUFFIX)
 
     # -- for `diagnose`: everything about one process -----------------------------------------
 
-    def fds(self, pid: int) -> list[tuple[int, str]]:
-        """Every (fd, link text) of `pid`, in fd order."""
+    def fds(self, pid: int) -> list[Descriptor]:
+        """Every descriptor of `pid`, in fd order."""
         with self._reading(pid, "fd"):
             dir_fd = os.open(f"{self.root}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         found = []
         try:
             for fd in self._listing(pid, dir_fd):
                 try:
-                    found.append((int(fd), os.readlink(fd, dir_fd=dir_fd)))
+                    found.append(descriptor(pid, int(fd), os.readlink(fd, dir_fd=dir_fd)))
                 except OSError:
                     continue  # closed since the listing
         finally:
@@ -553,16 +488,51 @@ class ProcFS:
         with open(f"{self.root}/version", encoding="ascii", errors="replace") as f:
             return f.read()
 
+    # -- PATHs that name descriptors (the user's, resolved in collect/targets.py) -------------
+
+    _STREAMS: ClassVar[dict[str, str]] = {
+        "/dev/stdin": "fd/0",
+        "/dev/stdout": "fd/1",
+        "/dev/stderr": "fd/2",
+    }
+    _SELF: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("/dev/fd/", "fd/"),
+        ("/proc/self/", ""),
+        ("/proc/thread-self/", ""),
+    )
+
+    def pinned(self, path: str, caller: int | None) -> str:
+        """`path` with /proc/self, /dev/fd and /dev/stdin (stdout, stderr) made `caller`'s."""
+        if caller is None:
+            return path
+        if path in self._STREAMS:
+            return f"{self.root}/{caller}/{self._STREAMS[path]}"
+        for prefix, into in self._SELF:
+            if path.startswith(prefix):
+                return f"{self.root}/{caller}/{into}{path[len(prefix) :]}"
+        return path
+
+    def names_descriptor(self, path: str) -> bool:
+        """Whether `path` is /proc/PID/fd/N."""
+        if not path.startswith(self.root + "/"):
+            return False
+        parts = path[len(self.root) :].split("/")
+        return len(parts) == 4 and parts[2] == "fd"
+
+    def descriptor_link(self, path: str) -> str | None:
+        """The text of /proc/PID/fd/N: a path, `pipe:[1234]`, `/dev/pts/0`; None for others."""
+        if not self.names_descriptor(path):
+            return None
+        try:
+            return os.readlink(path)
+        except OSError:
+            return None
+
     def cmdline(self, pid: int) -> str:
         # Redacted as it is read (`--password X`): no report, text or JSON, carries it.
         command = redact_command(parse_cmdline(self._read(pid, "cmdline")))
         if not command:  # kernel thread or zombie: fall back to the name in stat, as ps does
-            data = self._read(pid, "stat")
-            command = (
-                "["
-                + data[data.index(b"(") + 1 : data.rindex(b")")].decode("utf-8", "backslashreplace")
-                + "]"
-            )
+            command = f"[{parse_stat_name(self._read(pid, 'stat'))}]"
         return command
 
     def uid(self, pid: int) -> int:
@@ -571,29 +541,3 @@ class ProcFS:
             if line.startswith(b"Uid:"):
                 return int(line.split()[2])
         raise NoSuchProcess(pid)
-
-
-T = TypeVar("T")
-
-
-def quietly(read: Callable[[int], T], pid: int) -> T | None:
-    """`read(pid)`, or None when the process is gone or forbids it (the caller shows `?`)."""
-    try:
-        return read(pid)
-    except (NoSuchProcess, AccessDenied, OSError):
-        return None
-
-
-_USERS: dict[int, str] = {}
-
-
-def user_name(uid: int | None) -> str | None:
-    """The user name of `uid` (its number when it has none), cached for the process."""
-    if uid is None:
-        return None
-    if uid not in _USERS:
-        try:
-            _USERS[uid] = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            _USERS[uid] = str(uid)
-    return _USERS[uid]
