@@ -98,7 +98,7 @@ def prepare() -> None:
 
 def cannot_write(err: OSError) -> int:
     """Say that the output was lost, on stderr; the exit code for it."""
-    from sqlprobe.judge.verdict import ExitCode
+    from sqlprobe.verdict.judge import ExitCode
 
     sys.stderr.write(f"sqlprobe: cannot write output: {err.strerror or err}\n")
     return int(ExitCode.OUTPUT)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import shutil
 import sys
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
-from sqlprobe.cli import Command, F, Seconds, _guarded, check_timeout_option, path_argument
+from sqlprobe.cli.common import Command, F, Seconds, check_timeout_option, guarded, path_argument
+from sqlprobe.options import DEFAULT_WAIT, WAIT_RANGE, CheckOptions
+
+if TYPE_CHECKING:
+    from sqlprobe.verdict.judge import Verdict
+    from sqlprobe.workflows.run import Refused
 
 EXIT_REFUSED_HELP = """\b
 Exit codes: the command's own once it runs; when sqlprobe refuses to
@@ -78,7 +82,7 @@ class _Status:
             sys.stderr.flush()
 
 
-def _waiting_on(verdict: Any, waited: float) -> str:
+def _waiting_on(verdict: Verdict, waited: float) -> str:
     from sqlprobe.sqlite.effects import describe
     from sqlprobe.text import shorten
 
@@ -128,15 +132,15 @@ _until = click.option(
 @path_argument
 @click.option(
     "--timeout",
-    type=Seconds(0, 86400),
-    default=30.0,
+    type=Seconds(*WAIT_RANGE),
+    default=DEFAULT_WAIT,
     show_default=True,
     metavar="SECONDS",
     help="Give up after this long, with the exit code of the last state seen.",
 )
 @_until
 @click.option("-q", "--quiet", is_flag=True, help="No status line, no final message.")
-@_guarded
+@guarded
 def wait(path: str | None, timeout: float, until: str, quiet: bool) -> None:
     """Wait until a new instance would not block (or until nobody holds the database).
 
@@ -181,7 +185,7 @@ def wait(path: str | None, timeout: float, until: str, quiet: bool) -> None:
 @click.option(
     "--wait",
     "wait_s",
-    type=Seconds(0, 86400),
+    type=Seconds(*WAIT_RANGE),
     default=None,
     metavar="SECONDS",
     help="Wait up to this long while the state blocks (busy, or error; with --require-clear,"
@@ -209,7 +213,7 @@ def wait(path: str | None, timeout: float, until: str, quiet: bool) -> None:
     "waits).",
 )
 @click.option("--keep", is_flag=True, help="With --isolate: keep the isolated database.")
-@_guarded
+@guarded
 def run(
     path: str | None,
     wait_s: float | None,
@@ -236,7 +240,9 @@ def run(
       sqlprobe run --serialize -- opencode run "review, model A"  # one at a time
       sqlprobe run --isolate -- opencode run "a throwaway session"
     """
-    from sqlprobe.text import seconds
+    from sqlprobe.system.deadline import Overrun
+    from sqlprobe.text import safe
+    from sqlprobe.verdict.judge import ExitCode
     from sqlprobe.workflows import run as running
 
     command = click.get_current_context().meta["command"]
@@ -252,115 +258,74 @@ def run(
         )
     name = running.shown(command[0])
     status = _Status()
-    if isolate:
-        # Its own database, but not its own lock directory: opencode's locks still apply.
-        _preflight(path, "unblocked", wait_s, timeout, status, name, databases=False)
-        with _refusing_on_overrun(name, status):
-            code = _run_isolated(command, keep)
-        sys.exit(code)
-    until = "clear" if require_clear else "unblocked"
-    if serialize:
-        from sqlprobe.judge.verdict import ExitCode
-        from sqlprobe.text import safe
-
-        try:
-            with _refusing_on_overrun(name, status):
-                _lock, fd = running.take_queue(
-                    path,
-                    os.environ,
-                    wait_s,
-                    on_wait=lambda t: status.show(f"sqlprobe: queued {t:4.1f}s"),
-                    warn=lambda m: click.echo(f"sqlprobe: {safe(m)}", err=True),
-                )
-        except running.QueueError as err:
-            # Not a bug: a directory or file another user (or an old tool) left in the way.
-            status.clear()
-            click.echo(f"sqlprobe: {safe(str(err))}", err=True)
-            sys.exit(int(ExitCode.ERROR))
-        status.clear()
-        if fd is None:
-            click.echo(
-                f"sqlprobe: not running {name}: the queue was still taken after"
-                f" {seconds(wait_s or 0)} s (another `sqlprobe run --serialize` on this database)",
-                err=True,
-            )
-            sys.exit(4)
-    _preflight(path, until, wait_s, timeout, status, name)
-    sys.exit(running.exec_command(command))
-
-
-@contextlib.contextmanager
-def _refusing_on_overrun(name: str, status: _Status) -> Iterator[None]:
-    """A step that touches the filesystem and overran its deadline: refuse with exit 6."""
-    from sqlprobe.judge.verdict import ExitCode
-    from sqlprobe.system.deadline import Overrun
-    from sqlprobe.text import safe
-
     try:
-        yield
-    except Overrun as err:
+        outcome = running.run_command(
+            command,
+            path,
+            until="clear" if require_clear else "unblocked",
+            wait_s=wait_s,
+            options=CheckOptions(timeout=timeout),
+            serialize=serialize,
+            isolate=isolate,
+            keep=keep,
+            progress=_RunProgress(status),
+        )
+    except running.QueueError as err:
+        # Not a bug: a directory or file another user (or an old tool) left in the way.
+        status.clear()
+        click.echo(f"sqlprobe: {safe(str(err))}", err=True)
+        sys.exit(int(ExitCode.ERROR))
+    except Overrun as err:  # a step that touches the filesystem (the queue, the temp dir)
         status.clear()
         click.echo(f"sqlprobe: not running {name}: {safe(str(err))}", err=True)
         sys.exit(int(ExitCode.ERROR))
+    if isinstance(outcome, running.Refused):
+        click.echo(f"sqlprobe: not running {name}: {_refusal(outcome, wait_s)}", err=True)
+    sys.exit(outcome.exit_code)
 
 
-def _preflight(
-    path: str | None,
-    until: str,
-    wait_s: float | None,
-    timeout: float,
-    status: _Status,
-    name: str,
-    databases: bool = True,
-) -> None:
-    """Exit with the state's code unless it is `until` (at once, or within `wait_s`; a stuck
-    state at once all the same). Each check is given `timeout`.
+def _refusal(refused: Refused, wait_s: float | None) -> str:
+    """Why `run` did not run the command, after `sqlprobe: not running NAME: `."""
+    from sqlprobe.text import seconds
 
-    `databases` False: only opencode's own locks count (an isolated run has its own database).
-    """
-    from sqlprobe.collect.snapshot import check
-    from sqlprobe.judge.verdict import judge
-    from sqlprobe.workflows.wait import UNTIL
-    from sqlprobe.workflows.wait import wait as wait_for
-
-    if wait_s:
-        try:
-            result = wait_for(
-                path,
-                until=until,
-                timeout=wait_s,
-                on_status=lambda v, t: status.show(_waiting_on(v, t)),
-                databases=databases,
-                check_timeout=timeout,
-            )
-        finally:  # Ctrl-C too
-            status.clear()
-        verdict, reached = result.verdict, result.reached
-    else:
-        verdict = judge(check(path, databases=databases, timeout=timeout))
-        reached = verdict.state in UNTIL[until]
-    if not reached:
-        hint = " (--require-clear)" if verdict.state.value == "shared" else ""
-        click.echo(f"sqlprobe: not running {name}: {verdict.reason}{hint}", err=True)
-        sys.exit(int(verdict.exit_code))
+    if refused.preflight is None:
+        return (
+            f"the queue was still taken after {seconds(wait_s or 0)} s"
+            " (another `sqlprobe run --serialize` on this database)"
+        )
+    verdict = refused.preflight.verdict
+    hint = " (--require-clear)" if verdict.state.value == "shared" else ""
+    return f"{verdict.reason}{hint}"
 
 
-def _run_isolated(command: list[str], keep: bool) -> int:
-    from sqlprobe.text import shell_quote
-    from sqlprobe.workflows import run as running
+class _RunProgress:
+    """What `run` says while it gets ready (a workflows.run.Progress): the status line, and
+    lines on stderr."""
 
-    directory = running.isolated_dir()
-    cleanup = (lambda: None) if keep else running.remove_tree(directory)
-    try:
-        database = os.path.join(directory, "opencode.db")
+    def __init__(self, status: _Status) -> None:
+        self.status = status
+
+    def queued(self, waited: float) -> None:
+        self.status.show(f"sqlprobe: queued {waited:4.1f}s")
+
+    def waiting(self, verdict: Verdict, waited: float) -> None:
+        self.status.show(_waiting_on(verdict, waited))
+
+    def waited(self) -> None:
+        self.status.clear()
+
+    def warn(self, message: str) -> None:
+        from sqlprobe.text import safe
+
+        click.echo(f"sqlprobe: {safe(message)}", err=True)
+
+    def isolated(self, database: str, keep: bool) -> None:
+        from sqlprobe.text import shell_quote
+
         kept = "kept" if keep else "removed after the run (--keep keeps it)"
         click.echo(
             f"sqlprobe: isolated run: OPENCODE_DB={shell_quote(database)} ({kept})", err=True
         )
-        return running.run_child(command, {**os.environ, "OPENCODE_DB": database}, cleanup)
-    except BaseException:
-        cleanup()  # Ctrl-C before the command started (run_child cleans up once it has)
-        raise
 
 
 HOOKS = {
@@ -443,8 +408,10 @@ def _hook_command(shell: str) -> str:
     try:
         running, by_name = within(_sqlprobe_found, STEP_S, "looking for sqlprobe on PATH")
     except Overrun as err:
+        from sqlprobe.verdict.judge import ExitCode
+
         click.echo(f"sqlprobe: error: {safe(str(err))}", err=True)
-        sys.exit(6)
+        sys.exit(int(ExitCode.ERROR))
     if by_name:
         return "sqlprobe"
     if running is None:
@@ -454,7 +421,9 @@ def _hook_command(shell: str) -> str:
             "pip install --user .) and put ~/.local/bin on PATH",
             err=True,
         )
-        sys.exit(6)
+        from sqlprobe.verdict.judge import ExitCode
+
+        sys.exit(int(ExitCode.ERROR))
     quote = _fish_quote if shell == "fish" else shlex.quote
     return " ".join(quote(word) for word in running)
 
@@ -481,8 +450,8 @@ def _same_file(a: str, b: str) -> bool:
 @click.option(
     "--wait",
     "wait_s",
-    type=Seconds(0, 86400),
-    default=30.0,
+    type=Seconds(*WAIT_RANGE),
+    default=DEFAULT_WAIT,
     show_default=True,
     metavar="SECONDS",
     help="The wrapped runs wait up to this long for the database (0: refuse at once).",
@@ -490,7 +459,7 @@ def _same_file(a: str, b: str) -> bool:
 @click.option("--serialize", is_flag=True, help="The wrapped runs queue, one at a time.")
 @_require_clear("The wrapped runs refuse (or wait) while another process has the database open.")
 @_allow
-@_guarded
+@guarded
 def hook(
     shell: str, wait_s: float, serialize: bool, require_clear: bool, allow: str | None
 ) -> None:
@@ -521,7 +490,7 @@ def hook(
         options += ["--allow", allow]
     run_args = "".join(f" {shlex.quote(o)}" for o in options)
     given = []
-    if wait_s != 30.0:
+    if wait_s != DEFAULT_WAIT:
         given += ["--wait", f"{wait_s:.15g}"]
     given += ["--serialize"] if serialize else []
     given += ["--require-clear"] if require_clear else []

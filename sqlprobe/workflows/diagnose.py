@@ -4,22 +4,35 @@ Given a snapshot, collects per holder: every open descriptor, the kernel stack w
 the cwd, the parent chain, the environment variables that decide where opencode keeps its data
 (secrets redacted as they are read), and for an opencode holder the log file it has open under
 `<data dir>/log/` with its last lines. Also the filesystem the database lives on, with a warning
-where POSIX locks are unreliable. Reads only /proc (procfs.py) and, read-only, the holders' log
-files.
+where POSIX locks are unreliable. Reads only what the OS backend tells (system.backend) and,
+read-only, the holders' log files.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import NamedTuple, TypeVar
 
+from sqlprobe import system
 from sqlprobe.errors import AccessDenied, CannotInspect, NoSuchProcess
-from sqlprobe.model import Snapshot
+from sqlprobe.model import (  # the records: shared with render
+    Diagnosis,
+    Filesystem,
+    HolderDetails,
+    LogFile,
+    OpenFile,
+    Snapshot,
+)
+from sqlprobe.options import DEFAULT_CHECK, CheckOptions
+from sqlprobe.system.backend import Backend, Mount
+from sqlprobe.system.deadline import run_until
 from sqlprobe.system.files import describe, open_regular, pread_at_most
-from sqlprobe.system.linux import DELETED_SUFFIX, Mount, ProcFS
-from sqlprobe.text import looks_secret
+from sqlprobe.text import looks_secret, seconds
+from sqlprobe.verdict.judge import Verdict
+from sqlprobe.verdict.opencode import LockVerdict, likely_lock_waiters
+from sqlprobe.workflows.check import inspect
 
 T = TypeVar("T")
 
@@ -44,47 +57,9 @@ PARENT_DEPTH = 8
 NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre"}
 
 
-class OpenFile(NamedTuple):
-    fd: int
-    kind: str  # file, deleted, socket, pipe, anon_inode, device, other
-    target: str  # the link text
-
-
-class LogFile(NamedTuple):
-    path: str
-    size: int
-    age_s: float  # since its last write (mtime)
-    last_lines: tuple[str, ...]
-    error: str | None = None
-
-
-class HolderDetails(NamedTuple):
-    pid: int
-    fds: tuple[OpenFile, ...] | None  # None: not readable (`problems` says why)
-    stack: str | None
-    cwd: str | None
-    parents: tuple[tuple[int, str], ...]  # (pid, command), nearest first
-    environment: dict[str, str] | None
-    logs: tuple[LogFile, ...]
-    problems: tuple[str, ...]  # what could not be read, one line each
-
-
-class Filesystem(NamedTuple):
-    path: str  # the directory whose mount was looked up
-    mount_point: str
-    fstype: str
-    source: str
-    warning: str | None
-
-
-class Diagnosis(NamedTuple):
-    holders: tuple[HolderDetails, ...]
-    filesystems: tuple[Filesystem, ...]
-
-
-def diagnose(snapshot: Snapshot, procfs: ProcFS | None = None) -> Diagnosis:
+def diagnose(snapshot: Snapshot, proc: Backend | None = None) -> Diagnosis:
     """Details of every database holder and every live owner of one of opencode's locks."""
-    proc = procfs or ProcFS()
+    proc = proc or system.backend()
     dirs = list(dict.fromkeys(os.path.dirname(db.path) for db in snapshot.databases))
     oc = snapshot.opencode
     if oc is not None:  # its logs are in <data dir>/log/, with or without a database there
@@ -101,7 +76,7 @@ def diagnose(snapshot: Snapshot, procfs: ProcFS | None = None) -> Diagnosis:
     return Diagnosis(tuple(_holder(proc, pid, dirs) for pid in sorted(pids)), filesystems)
 
 
-def _holder(proc: ProcFS, pid: int, data_dirs: list[str]) -> HolderDetails:
+def _holder(proc: Backend, pid: int, data_dirs: list[str]) -> HolderDetails:
     problems: list[str] = []
 
     def attempt(what: str, read: Callable[[], T]) -> T | None:
@@ -112,7 +87,11 @@ def _holder(proc: ProcFS, pid: int, data_dirs: list[str]) -> HolderDetails:
             return None
 
     links = attempt("open files", lambda: proc.fds(pid))
-    fds = tuple(OpenFile(fd, fd_kind(link), link) for fd, link in links) if links else None
+    fds = (
+        tuple(OpenFile(d.fd, fd_kind(d.target, d.deleted), d.shown) for d in links)
+        if links
+        else None
+    )
     env = attempt("environment", lambda: proc.environ(pid))
     logs = tuple(
         _log(proc, pid, f.fd, f.target)
@@ -139,9 +118,10 @@ def _why(err: Exception) -> str:
     return describe(err) if isinstance(err, OSError) else str(err)
 
 
-def fd_kind(link: str) -> str:
-    """What a descriptor's link text says it is."""
-    if link.endswith(DELETED_SUFFIX):
+def fd_kind(link: str, deleted: bool = False) -> str:
+    """What a descriptor is, from what it refers to (Descriptor.target) and whether that file
+    was deleted."""
+    if deleted:
         return "deleted"
     if link.startswith("/dev/"):
         return "device"
@@ -190,7 +170,7 @@ def looks_like_path(value: str) -> bool:
     )
 
 
-def _log(proc: ProcFS, pid: int, fd: int, path: str) -> LogFile:
+def _log(proc: Backend, pid: int, fd: int, path: str) -> LogFile:
     try:
         st = proc.fd_stat(pid, fd)
         age = max(0.0, round(time.time() - st.st_mtime, 1))
@@ -214,7 +194,7 @@ def _log(proc: ProcFS, pid: int, fd: int, path: str) -> LogFile:
     return LogFile(path, size, age, tuple(lines[-LOG_LINES:]))
 
 
-def _parents(proc: ProcFS, pid: int) -> list[tuple[int, str]]:
+def _parents(proc: Backend, pid: int) -> list[tuple[int, str]]:
     chain = []
     current = pid
     for _ in range(PARENT_DEPTH):
@@ -268,3 +248,32 @@ def _filesystem(directory: str, mounts: list[Mount], wsl1: bool) -> Filesystem:
     return Filesystem(
         directory, mount.mount_point, mount.fstype, mount.source, fs_warning(mount.fstype, wsl1)
     )
+
+
+class DiagnoseResult(NamedTuple):
+    """What `sqlprobe diagnose` renders: check's snapshot and verdict, and the diagnosis
+    gathered within what the check left of its timeout."""
+
+    snapshot: Snapshot
+    verdict: Verdict
+    diagnosis: Diagnosis | None  # None: the timeout came first (`missing` says so)
+    missing: str | None  # why there is no diagnosis, as the report says it
+    likely_waiters: dict[int, LockVerdict]  # holders that likely wait for one of opencode's locks
+
+
+def diagnose_target(
+    path: str | None, env: Mapping[str, str] | None = None, options: CheckOptions = DEFAULT_CHECK
+) -> DiagnoseResult:
+    """`sqlprobe diagnose` as a call: check `path` (workflows.check.inspect), then gather the
+    diagnosis of what it found, all within `options.timeout` (None: no limit). What the check
+    leaves of it is the gathering's; past it, no diagnosis (`missing` says why)."""
+    started = time.monotonic()
+    snapshot, verdict = inspect(path, env, options)
+    likely = likely_lock_waiters(snapshot, verdict.opencode)
+    if options.timeout is None:
+        return DiagnoseResult(snapshot, verdict, diagnose(snapshot), None, likely)
+    job = run_until(lambda: diagnose(snapshot), options.timeout - (time.monotonic() - started))
+    if job.done.is_set():
+        return DiagnoseResult(snapshot, verdict, job.get(), None, likely)
+    missing = f"no diagnosis: the {seconds(options.timeout)} s timeout came first"
+    return DiagnoseResult(snapshot, verdict, None, missing, likely)

@@ -1,5 +1,9 @@
 """Running a command after the preflight: the queue lock, an isolated database, exec.
 
+`run_command` is `sqlprobe run` as a library call: the queue (with `serialize`), the preflight
+(workflows.preflight), then the command, in place of this process or as an isolated child. It
+returns what refused it (`Refused`), or the command's exit status (`Ran`) when it comes back.
+
 Nothing here is ever written next to the database: the queue's lock files live in the user's
 runtime directory, and an isolated run's database in a private temporary directory.
 """
@@ -20,10 +24,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from sqlprobe.collect.targets import MEMORY, default_target
+from sqlprobe.options import DEFAULT_CHECK, CheckOptions
 from sqlprobe.system.deadline import Handed, Overrun, within
 from sqlprobe.system.files import file_type
+
+if TYPE_CHECKING:  # the preflight's modules are imported only when a run needs them
+    from sqlprobe.verdict.judge import Verdict
+    from sqlprobe.workflows.preflight import Preflight
 
 QUEUE_POLL = 0.05
 ISOLATED_PREFIX = "sqlprobe-isolated-"
@@ -34,6 +44,13 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 class QueueError(Exception):
     """The queue's directory or lock file is not safe to use; the message says which and why."""
+
+
+class Queue(NamedTuple):
+    """What take_queue got: the queue's lock file, and the descriptor that holds it."""
+
+    lock_path: str
+    fd: int | None  # None: still taken by another run when the wait was over
 
 
 def queue_dir(env: Mapping[str, str], warn: Callable[[str], None] | None = None) -> str:
@@ -102,9 +119,9 @@ def take_queue(
     on_wait: Callable[[float], None] | None = None,
     warn: Callable[[str], None] | None = None,
     step_s: float = STEP_S,
-) -> tuple[str, int | None]:
+) -> Queue:
     """An exclusive flock on the queue's lock file for PATH's database, waiting up to `timeout`
-    seconds (None: as long as it takes): (the lock file, its descriptor or None). The
+    seconds (None: as long as it takes): Queue(the lock file, its descriptor or None). The
     descriptor is inheritable, so that the command keeps the queue.
 
     Raises QueueError when the directory or the lock file is not a plain one of the user's
@@ -136,10 +153,10 @@ def take_queue(
             os.close(dfd)
         if current:
             os.set_inheritable(fd, True)
-            return lock_path, fd
+            return Queue(lock_path, fd)
         os.close(fd)
         if not locked:
-            return lock_path, None
+            return Queue(lock_path, None)
         # The file we locked was renamed or removed while we waited (a cleaner of /tmp, a
         # `rm`): a run that came since holds the one under the name now. Queue on that one.
 
@@ -424,3 +441,130 @@ def remove_tree(path: str, step_s: float = STEP_S) -> Callable[[], None]:
             within(lambda: shutil.rmtree(path, ignore_errors=True), step_s, f"removing {path}")
 
     return remove
+
+
+def run_isolated(
+    command: Sequence[str],
+    keep: bool = False,
+    env: Mapping[str, str] | None = None,
+    on_start: Callable[[str, bool], None] | None = None,
+) -> int:
+    """Run `command` as a child with its own database: OPENCODE_DB in a fresh private directory
+    (isolated_dir), removed after the run unless `keep`. `on_start(database, keep)` hears where
+    before the command starts. Returns the command's exit status (run_child).
+
+    deadline.Overrun when the temp dir does not answer (isolated_dir).
+    """
+    env = os.environ if env is None else env
+    directory = isolated_dir()
+    cleanup = (lambda: None) if keep else remove_tree(directory)
+    try:
+        database = os.path.join(directory, "opencode.db")
+        if on_start:
+            on_start(database, keep)
+        return run_child(command, {**env, "OPENCODE_DB": database}, cleanup)
+    except BaseException:
+        cleanup()  # Ctrl-C before the command started (run_child cleans up once it has)
+        raise
+
+
+class Progress(Protocol):
+    """What a run says while it gets ready, to whoever shows it (the CLI: a status line, and
+    lines on stderr). `Silent` says nothing."""
+
+    def queued(self, waited: float) -> None:
+        """Waiting for the queue (`serialize`), `waited` seconds so far."""
+
+    def waiting(self, verdict: Verdict, waited: float) -> None:
+        """Waiting for the database (`wait_s`), on what `verdict` says."""
+
+    def waited(self) -> None:
+        """A wait for the queue or for the database is over."""
+
+    def warn(self, message: str) -> None:
+        """Something to know that refuses nothing (a $XDG_RUNTIME_DIR passed over)."""
+
+    def isolated(self, database: str, keep: bool) -> None:
+        """An isolated run is about to start, on `database` (kept after it: `keep`)."""
+
+
+class Silent:
+    """The Progress of a library caller that wants nothing said."""
+
+    def queued(self, waited: float) -> None:
+        pass
+
+    def waiting(self, verdict: Verdict, waited: float) -> None:
+        pass
+
+    def waited(self) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
+        pass
+
+    def isolated(self, database: str, keep: bool) -> None:
+        pass
+
+
+class Refused(NamedTuple):
+    """The command was not run: the exit code to leave with, and what said no."""
+
+    exit_code: int
+    preflight: Preflight | None = None  # the state was not one to run in: its verdict says why
+    queue: Queue | None = None  # the queue was still taken when the wait was over (busy)
+
+
+class Ran(NamedTuple):
+    """The command ran and came back (an isolated run), or could not be executed at all."""
+
+    exit_code: int  # its exit status; 126/127 as a shell says them when it could not run
+
+
+def run_command(
+    command: Sequence[str],
+    path: str | None = None,
+    until: str = "unblocked",
+    wait_s: float | None = None,
+    options: CheckOptions = DEFAULT_CHECK,
+    serialize: bool = False,
+    isolate: bool = False,
+    keep: bool = False,
+    env: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+) -> Refused | Ran:
+    """`sqlprobe run` as a call: the queue (`serialize`), the preflight (`until` within
+    `wait_s`, each check as `options` say), then `command`.
+
+    It runs in place of this process (exec: this call returns only when it cannot be executed),
+    or with `isolate` as a child with a database of its own (run_isolated; only opencode's own
+    locks are judged: they still apply). The queue is held by the command until it exits.
+    Raises QueueError when the queue is not safe to use, and deadline.Overrun when a step that
+    touches the filesystem does not answer within STEP_S.
+    """
+    from sqlprobe.verdict.judge import ExitCode
+    from sqlprobe.workflows.preflight import preflight
+
+    env = os.environ if env is None else env
+    said: Progress = progress or Silent()
+    if isolate:
+        # Its own database, but not its own lock directory: opencode's locks still apply.
+        options = options._replace(databases=False)
+        answer = preflight(path, until, wait_s, options, env, said.waiting, said.waited)
+        if not answer.ok:
+            return Refused(int(answer.verdict.exit_code), answer)
+        return Ran(run_isolated(command, keep, env, said.isolated))
+    queue = None
+    if serialize:
+        queue = take_queue(path, env, wait_s, on_wait=said.queued, warn=said.warn)
+        said.waited()
+        if queue.fd is None:
+            return Refused(int(ExitCode.BUSY), queue=queue)
+    try:
+        answer = preflight(path, until, wait_s, options, env, said.waiting, said.waited)
+        if not answer.ok:
+            return Refused(int(answer.verdict.exit_code), answer)
+        return Ran(exec_command(command))
+    finally:  # reached only when the command did not replace this process: the queue is free
+        if queue is not None and queue.fd is not None:
+            os.close(queue.fd)

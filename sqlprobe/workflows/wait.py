@@ -14,14 +14,16 @@ import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
+from sqlprobe import system
 from sqlprobe.collect.opencode import still_blocks
-from sqlprobe.collect.snapshot import AFTER_WINDOW_S, DEFAULT_TIMEOUT, DEFAULT_WINDOW, check
-from sqlprobe.judge.verdict import State, Verdict, judge
-from sqlprobe.model import FileKind, Snapshot
-from sqlprobe.sqlite.effects import effective_mode, outcome
-from sqlprobe.sqlite.locks import decode
+from sqlprobe.collect.snapshot import AFTER_WINDOW_S, quick_locks
+from sqlprobe.model import Observation, Snapshot
+from sqlprobe.options import DEFAULT_TIMEOUT, DEFAULT_WAIT, DEFAULT_WINDOW
+from sqlprobe.system.backend import Backend
 from sqlprobe.system.deadline import run_until
-from sqlprobe.system.linux import ProcFS
+from sqlprobe.verdict.decide import blocks_now
+from sqlprobe.verdict.judge import State, Verdict, judge
+from sqlprobe.workflows.check import take_snapshot
 
 POLL_INTERVAL = 0.1
 # While the cheap polls see the same lock held, a full check every so often still: a holder that
@@ -47,12 +49,12 @@ class WaitResult(NamedTuple):
 def wait(
     path: str | None,
     until: str = "unblocked",
-    timeout: float = 30.0,
+    timeout: float = DEFAULT_WAIT,
     env: Mapping[str, str] | None = None,
     window: float = DEFAULT_WINDOW,
     poll: float = POLL_INTERVAL,
     on_status: Callable[[Verdict, float], None] | None = None,
-    procfs: ProcFS | None = None,
+    proc: Backend | None = None,
     check_timeout: float = DEFAULT_TIMEOUT,
     **check_options: object,
 ) -> WaitResult:
@@ -65,7 +67,7 @@ def wait(
     one is (only a first check has none before it: a `timeout` shorter than a check).
     """
     accept = UNTIL[until]
-    proc = procfs or ProcFS()
+    proc = proc or system.backend()
     started = time.monotonic()
     end = started + timeout
     full = 0
@@ -76,7 +78,9 @@ def wait(
             budget = max(0.1, min(check_timeout, timeout))
         elif budget <= 0:
             return WaitResult(False, *complete, time.monotonic() - started, full)
-        snapshot = check(path, env, window=window, procfs=proc, timeout=budget, **check_options)
+        snapshot = take_snapshot(
+            path, env, window=window, proc=proc, timeout=budget, **check_options
+        )
         verdict = judge(snapshot)
         full += 1
         waited = time.monotonic() - started
@@ -108,32 +112,23 @@ def wait(
             return WaitResult(False, snapshot, verdict, time.monotonic() - started, full)
 
 
-def _still_held(proc: ProcFS, snapshot: Snapshot, until: str) -> bool:
+def _still_held(proc: Backend, snapshot: Snapshot, until: str) -> bool:
     """From /proc/locks alone: is the database certainly still not in the wanted state?
 
     True only when a lock on its files rules the state out; False means "look properly".
     """
-    try:
-        lines, _bad = proc.locks()
-    except OSError:
-        return False
     for db in snapshot.databases:
-        keys = {f.key: f.kind for f in db.files if f.key is not None and f.kind is not FileKind.WAL}
-        locks = [
-            lock
-            for line in lines
-            if line.file in keys and line.pid != proc.self_pid and not proc.is_sqlprobe(line.pid)
-            for lock in decode(keys[line.file], line)
-        ]
+        locks = quick_locks(proc, db)
+        if locks is None:
+            return False
         if until == "clear" and locks:
             return True
-        mode = effective_mode(db.journal_mode, locks)
-        if any(outcome(lock, mode) is not None for lock in locks):
+        if blocks_now(db._replace(observations=(Observation(time.monotonic(), locks, ()),))):
             return True
     return False
 
 
-def _locks_still_block(proc: ProcFS, verdict: Verdict, seconds: float) -> bool:
+def _locks_still_block(proc: Backend, verdict: Verdict, seconds: float) -> bool:
     """Whether an opencode lock that blocked still certainly does: the same lock directory (the
     same meta.json), still fresh by opencode's stale rule, and a held one's process still there.
     A lock left behind stops blocking the moment it turns stale; nothing is deleted.
