@@ -73,11 +73,53 @@ class LockLine(NamedTuple):
     range: ByteRange
 
 
+class LockName(str, Enum):
+    """A lock's name in SQLite's terms (sqlite-locking.md §1-2): the JSON vocabulary.
+
+    Compares and formats as its value (`"wal-write"`), so it reads as the string it replaces.
+    """
+
+    PENDING = "pending"
+    RESERVED = "reserved"
+    SHARED = "shared"
+    EXCLUSIVE = "exclusive"  # WRITE on the shared range of the database
+    WAL_WRITE = "wal-write"
+    WAL_CHECKPOINT = "wal-checkpoint"
+    WAL_RECOVER = "wal-recover"
+    WAL_READ_0 = "wal-read-0"
+    WAL_READ_1 = "wal-read-1"
+    WAL_READ_2 = "wal-read-2"
+    WAL_READ_3 = "wal-read-3"
+    WAL_READ_4 = "wal-read-4"
+    DMS = "dms"
+    OTHER = "other"  # a POSIX or OFD lock on bytes that are not SQLite's
+    FLOCK = "flock"  # a lock of a class SQLite never takes
+    LEASE = "lease"
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+    @property
+    def read_mark(self) -> int | None:
+        """The read-mark a `wal-read-N` lock is on, else None."""
+        return int(self.value[-1]) if self.value.startswith("wal-read-") else None
+
+
+class LockIdentity(NamedTuple):
+    """What must stay the same for a lock to count as the same lock in two samples."""
+
+    file: FileKind
+    name: LockName
+    mode: Mode
+    pid: int | None
+    waiter: bool
+
+
 class Lock(NamedTuple):
     """A lock decoded into SQLite's terms (sqlite-locking.md §1-2)."""
 
     file: FileKind
-    name: str  # shared/reserved/pending/exclusive, wal-write ... dms, or other/flock
+    name: LockName
     mode: Mode
     range: ByteRange
     pid: int | None  # None: the holder is not visible (another pid namespace, or an OFD lock)
@@ -87,9 +129,14 @@ class Lock(NamedTuple):
     source: str = "proc-locks"
 
     @property
-    def identity(self) -> tuple[FileKind, str, Mode, int | None, bool]:
-        """What must stay the same for a lock to count as the same lock in two samples."""
-        return (self.file, self.name, self.mode, self.pid, self.waiter)
+    def identity(self) -> LockIdentity:
+        return LockIdentity(self.file, self.name, self.mode, self.pid, self.waiter)
+
+
+# ThreadSample.waiting: what a thread is known to wait for, as the backend tells it from where
+# the thread sleeps in the kernel (Linux: its wchan).
+WAIT_FILE_LOCK = "file-lock"  # blocked in the kernel on a file lock (F_SETLKW, flock)
+WAIT_NANOSLEEP = "nanosleep"  # a timed sleep: SQLite's busy handler between two lock attempts
 
 
 class ThreadSample(NamedTuple):
@@ -100,6 +147,8 @@ class ThreadSample(NamedTuple):
     cpu_ns: int  # CPU time from schedstat (tick precision where schedstat is missing)
     wchan: str = ""  # the kernel function it sleeps in ("futex_do_wait"); "" when running
     scheduled: int = 0  # times it was put on a CPU (schedstat's third field): its switches in
+    # WAIT_FILE_LOCK, WAIT_NANOSLEEP, or "": neither, or the backend cannot tell.
+    waiting: str = ""
 
 
 class ProcSample(NamedTuple):
@@ -270,23 +319,120 @@ class WalState(NamedTuple):
 
 
 class ProbeResult(str, Enum):
-    """How the read-only SQLite probe ended. SQLite's own code names, or ok/skipped/timeout."""
+    """How the read-only SQLite probe ended."""
 
     OK = "ok"
     SKIPPED = "skipped"
     TIMEOUT = "timeout"  # still inside SQLite when the deadline came
+    BUSY = "busy"  # SQLITE_BUSY (and its extended codes): a lock in the way
+    UNREADABLE = "unreadable"  # SQLITE_NOTADB, SQLITE_CORRUPT*: SQLite cannot read it at all
+    FAILED = "failed"  # any other SQLite error (SQLITE_CANTOPEN, SQLITE_IOERR, ...)
+
+    @classmethod
+    def of_code(cls, code: str) -> "ProbeResult":
+        """The result for one of SQLite's code names (`SQLITE_CORRUPT_VTAB`)."""
+        if code.startswith("SQLITE_BUSY"):
+            return cls.BUSY
+        if code.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+            return cls.UNREADABLE
+        return cls.FAILED
 
 
 class Probe(NamedTuple):
     """The guarded read-only open of a database with SQLite (sqlite-locking.md §4)."""
 
-    result: str  # a ProbeResult value, or SQLite's code name: SQLITE_BUSY, SQLITE_NOTADB, ...
+    result: ProbeResult
     how: str | None  # "immutable" or "readonly_shm"; None when skipped
     detail: str  # why it was skipped, or SQLite's message
     elapsed_s: float = 0.0
     journal_mode: str | None = None
     page_count: int | None = None
     user_version: int | None = None
+    code: str | None = None  # SQLite's code name when SQLite failed: SQLITE_BUSY, SQLITE_NOTADB
+
+    @property
+    def said(self) -> str:
+        """The result as the JSON and the report say it: SQLite's code name, else the value."""
+        return self.code or self.result.value
+
+
+class LockEffect(NamedTuple):
+    """What one observed lock on a database's files means for a new instance (verdict.decide).
+
+    `outcome` names, as an `effects.Outcome`, what a new instance meets while the lock is held
+    (None: nothing); a lock blocks when it has one and persisted across the window.
+    """
+
+    lock: Lock
+    outcome: Enum | None
+    persisted: bool  # held by the same process in every observation of the window
+
+    @property
+    def blocks(self) -> bool:
+        return self.outcome is not None and self.persisted
+
+    @property
+    def transient(self) -> bool:
+        """A lock that would block, seen at first but released within the window."""
+        return self.outcome is not None and not self.persisted
+
+
+class DatabaseEffects(NamedTuple):
+    """The decision about one database's locks: the journal mode its holders use, and the
+    effect of every lock seen at the first look."""
+
+    mode: JournalMode  # the header's, else inferred from the locks
+    locks: tuple[LockEffect, ...]
+
+    @property
+    def blocking(self) -> tuple[LockEffect, ...]:
+        return tuple(e for e in self.locks if e.blocks)
+
+    def of(self, lock: Lock) -> LockEffect:
+        """The effect of `lock` (one of the first look's, or another sample's with its identity)."""
+        for e in self.locks:
+            if e.lock == lock:
+                return e
+        same = next((e for e in self.locks if e.lock.identity == lock.identity), None)
+        return LockEffect(lock, same.outcome if same else None, same.persisted if same else False)
+
+
+class FindingKind(str, Enum):
+    """What a warning is about; render/findings.py words each kind."""
+
+    # Found while collecting (collect/snapshot.py).
+    OWN_FILE = "own-file"  # path: open in sqlprobe's own process (a SQLite connection?)
+    SIDE_FILE_UNREADABLE = "side-file-unreadable"  # path, detail: why it was not read
+    UNINSPECTED = "uninspected"  # count: processes whose descriptors could not be read
+    UNPARSED_LOCK_LINES = "unparsed-lock-lines"  # count: lines of /proc/locks
+    INODE_ONLY_MATCH = "inode-only-match"  # path: the lock table's device number differs
+    # What a database's files say (verdict.findings, from the snapshot's records).
+    SIDE_WITHOUT_DATABASE = "side-without-database"  # path, detail: its FileKind value
+    HOT_JOURNAL = "hot-journal"  # path
+    WAL_IGNORED = "wal-ignored"  # path, detail: why SQLite ignores its contents
+    PARTIAL_FRAME = "partial-frame"  # path, count: bytes of a frame cut short
+    UNCOMMITTED_FRAMES = "uncommitted-frames"  # path, count
+    CHECKSUMS_PARTLY = "checksums-partly"  # path, count: verified, total: frames
+    INDEX_STALE = "index-stale"  # path, detail: why the -shm header does not validate
+    INDEX_INVALID = "index-invalid"  # path, detail
+    NOT_REGULAR_HARMLESS = "not-regular-harmless"  # path, detail: what it is, what SQLite does
+    HARD_LINKS = "hard-links"  # path, count: st_nlink
+    # opencode's state (verdict.opencode).
+    INDEX_LOCK_HELD = "index-lock-held"  # path, pid (the first opener), detail: age words
+    INDEX_LOCK_LEFT = "index-lock-left"  # path, detail: age words
+    ZOMBIE_CHILD = "zombie-child"  # pid: the parent, count: the child's pid, detail: its command
+
+
+class Finding(NamedTuple):
+    """One warning, as a record: worded only when it is shown (render/findings.py)."""
+
+    kind: FindingKind
+    path: str | None = None
+    pid: int | None = None
+    detail: str | None = None
+    count: int | None = None
+    total: int | None = None
+    pids: tuple[int, ...] = ()  # every pid it concerns, where there are several
 
 
 class DatabaseSnapshot(NamedTuple):
@@ -430,7 +576,7 @@ class Snapshot(NamedTuple):
     # Processes of other users not scanned: the files' own modes let none of them open them.
     skipped_processes: int = 0
     thorough: bool = False  # every descriptor that is a path was stat()ed, nobody skipped
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[Finding, ...] = ()  # what the collection met (worded by render)
     timeout_s: float | None = None  # the deadline the snapshot was taken under
     # What the deadline cut short ("the window", "the SQLite probe"), or None.
     cut_short: tuple[str, ...] = ()
@@ -444,3 +590,46 @@ class Snapshot(NamedTuple):
         if self.opencode is not None:
             counts.append(len(self.opencode.observations))
         return max(counts, default=0)
+
+
+# -- what `sqlprobe diagnose` gathers per holder (workflows/diagnose.py) -----------------
+
+
+class OpenFile(NamedTuple):
+    """One open descriptor of a holder, as `sqlprobe diagnose` lists it."""
+
+    fd: int
+    kind: str  # file, deleted, socket, pipe, anon_inode, device, other
+    target: str  # the link text
+
+
+class LogFile(NamedTuple):
+    path: str
+    size: int
+    age_s: float  # since its last write (mtime)
+    last_lines: tuple[str, ...]
+    error: str | None = None
+
+
+class HolderDetails(NamedTuple):
+    pid: int
+    fds: tuple[OpenFile, ...] | None  # None: not readable (`problems` says why)
+    stack: str | None
+    cwd: str | None
+    parents: tuple[tuple[int, str], ...]  # (pid, command), nearest first
+    environment: dict[str, str] | None
+    logs: tuple[LogFile, ...]
+    problems: tuple[str, ...]  # what could not be read, one line each
+
+
+class Filesystem(NamedTuple):
+    path: str  # the directory whose mount was looked up
+    mount_point: str
+    fstype: str
+    source: str
+    warning: str | None
+
+
+class Diagnosis(NamedTuple):
+    holders: tuple[HolderDetails, ...]
+    filesystems: tuple[Filesystem, ...]

@@ -198,3 +198,15 @@ def short_command(command: str, width: int | None = None) -> str:
         if len(text) <= width:
             return text
     return shorten(text, width)
+
+
+# What files.file_type() calls a symbolic link that leads nowhere (or into a loop).
+DANGLING = "dangling symbolic link"
+
+
+def is_a(kind: str) -> str:
+    """The problem text for a file that is a `kind` (a file_type): "is a FIFO, not a regular
+    file"; a directory or a symbolic link is said as it is."""
+    if kind == "directory" or kind.endswith("symbolic link"):
+        return f"is a {kind}"
+    return f"is a {kind}, not a regular file"

@@ -15,8 +15,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import apsw
 import click
@@ -31,6 +32,72 @@ HERE = Path(__file__).parent
 HOLDER = HERE / "holder.py"
 FIXTURES = HERE.parent / "fixtures"
 READY_TIMEOUT = 15.0
+PROCESS_MARK = "this test starts a process: mark it `process` (pytestmark = pytest.mark.process)"
+T = TypeVar("T")
+
+
+class StartsAProcess(BaseException):
+    """A test without the `process` marker started a process. A BaseException, so that code
+    under test that catches Exception (a worker's fallback, the CLI's last resort) lets it by."""
+
+
+@contextmanager
+def _processes_refused(item: pytest.Item) -> Iterator[None]:
+    """Unless `item` is marked `process`: starting a process raises StartsAProcess, and the
+    test fails even when the code under test swallowed that."""
+    if item.get_closest_marker("process"):
+        yield
+        return
+    tried: list[str] = []
+
+    def refuse(what: str) -> Callable[..., Any]:
+        def refused(*args: Any, **kwargs: Any) -> Any:
+            tried.append(what)
+            raise StartsAProcess(f"{what}: {PROCESS_MARK}")
+
+        return refused
+
+    with pytest.MonkeyPatch.context() as patch:
+        # Popen.__init__ rather than the class: `subprocess.run` and annotations keep working.
+        patch.setattr(subprocess.Popen, "__init__", refuse("subprocess.Popen"))
+        for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp"):
+            patch.setattr(os, name, refuse(f"os.{name}"))
+        yield
+    if tried:
+        pytest.fail(f"{', '.join(dict.fromkeys(tried))}: {PROCESS_MARK}", pytrace=False)
+
+
+# `pytest -m "not process"` is the pure suite, so an unmarked test must not start a process (a
+# holder, the CLI's forked workers, a subprocess, a pty). Refused while fixtures are set up and
+# the test runs, not at teardown: a fixture's clean-up (an `umount`) must always run.
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _processes_refused(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _processes_refused(item):
+        return (yield)
+
+
+def wait_until(
+    event: Callable[[], T],
+    what: str,
+    timeout: float = READY_TIMEOUT,
+    alive: subprocess.Popen[Any] | None = None,
+) -> T:
+    """Poll `event` until it returns something true, and return that: how the tests wait for
+    something to happen (a /proc state, a file appearing). Fails saying `what` after `timeout`
+    seconds, or as soon as `alive`, a process that must not end first, has ended."""
+    deadline = time.monotonic() + timeout
+    while not (found := event()):
+        if alive is not None and alive.poll() is not None:
+            raise AssertionError(f"{what}: pid {alive.pid} ended first ({alive.returncode})")
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:g} s"
+        time.sleep(0.01)  # the poll interval: the wait is for `event`
+    return found
 
 
 def make_db(path: Path, wal: bool = True, rows: int = 3) -> Path:
@@ -88,10 +155,7 @@ class Holder:
     def stop(self) -> None:
         """SIGSTOP, and wait until the kernel reports it stopped (the signal is asynchronous)."""
         os.kill(self.pid, signal.SIGSTOP)
-        deadline = time.monotonic() + 10
-        while self.state() != "T":
-            assert time.monotonic() < deadline, "holder did not stop"
-            time.sleep(0.01)
+        wait_until(lambda: self.state() == "T", "holder did not stop", 10)
 
     def state(self) -> str:
         data = Path(f"/proc/{self.pid}/stat").read_bytes()

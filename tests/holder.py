@@ -115,7 +115,7 @@ def loop(conn: sqlite3.Connection, truncate: bool, pause: bool) -> None:
             busy, _log, _done = conn.execute("pragma wal_checkpoint(truncate)").fetchone()
             STATS["busy"] += busy
         if pause:
-            time.sleep(0.002)
+            time.sleep(0.002)  # the behaviour: a gap in which the write lock is free
 
 
 def main() -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, fingerprint, is_root, make_db
 
+pytestmark = pytest.mark.process  # real holders and the CLI's forked workers
+
 FILES = FIXTURES / "files"
 
 

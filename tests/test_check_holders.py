@@ -11,6 +11,8 @@ import time
 import pytest
 from conftest import lock_names, make_db, only_holder
 
+pytestmark = pytest.mark.process  # real holders and the CLI's forked workers
+
 SHM, DB = "shm", "db"
 SHARED, EXCL = "shared", "exclusive"
 
@@ -179,14 +181,14 @@ def test_split_descriptor_scan_finds_the_same_holders(wal_db, holder, check_json
     serial, _ = check_json(wal_db)
     monkeypatch.setattr(procfs, "PARALLEL_FROM", 1)  # a split scan even for a few processes
     monkeypatch.setattr(procfs, "SCAN_WORKERS", 3)
-    fork = procfs.ProcFS._scan_in_child
+    fork = procfs.LinuxBackend._scan_in_child
     read_end, write_end = os.pipe()  # the check runs in a worker process: it reports here
 
     def counted(self, pids, query):
         os.write(write_end, b"%d\n" % len(pids))
         return fork(self, pids, query)
 
-    monkeypatch.setattr(procfs.ProcFS, "_scan_in_child", counted)
+    monkeypatch.setattr(procfs.LinuxBackend, "_scan_in_child", counted)
     threaded, _ = check_json(wal_db)
     os.close(write_end)
     with os.fdopen(read_end) as counts:
@@ -207,8 +209,8 @@ def test_idle_holders_locks_come_from_fdinfo_without_reading_proc_locks(
 
     h = holder(wal_db, "wal-idle")
     reads = []
-    real = procfs.ProcFS.locks
-    monkeypatch.setattr(procfs.ProcFS, "locks", lambda self: reads.append(1) or real(self))
+    real = procfs.LinuxBackend.locks
+    monkeypatch.setattr(procfs.LinuxBackend, "locks", lambda self: reads.append(1) or real(self))
     doc, code = check_json(wal_db)
     assert code == 3 and reads == []  # /proc/locks (an RCU grace period in the kernel) skipped
     entry = only_holder(doc, h.pid)
@@ -222,7 +224,7 @@ def test_fdinfo_that_misses_a_lock_falls_back_to_proc_locks(
     from sqlprobe.system import linux as procfs
 
     h = holder(wal_db, "wal-idle")
-    monkeypatch.setattr(procfs.ProcFS, "fd_locks", lambda self, pid, fd: [])
+    monkeypatch.setattr(procfs.LinuxBackend, "fd_locks", lambda self, pid, fd: [])
     doc, _ = check_json(wal_db)
     entry = only_holder(doc, h.pid)
     assert {(lk["file"], lk["lock"]) for lk in entry["locks"]} == {("db", "shared"), ("shm", "dms")}

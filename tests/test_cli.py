@@ -26,6 +26,7 @@ def test_check_help_has_examples_and_exit_codes(run):
         assert f"{code}  {word}" in top
 
 
+@pytest.mark.process
 def test_clear_human_output_is_the_verdict_then_the_file_state(wal_db, run):
     result = run("check", wal_db)
     lines = result.stdout.splitlines()
@@ -36,6 +37,7 @@ def test_clear_human_output_is_the_verdict_then_the_file_state(wal_db, run):
     assert lines[-1].startswith("  probe: ok (immutable, ")
 
 
+@pytest.mark.process
 def test_missing_path_is_clear(tmp_path, run):
     result = run("check", tmp_path / "nope.db")
     assert result.exit_code == 0
@@ -45,6 +47,7 @@ def test_missing_path_is_clear(tmp_path, run):
     )
 
 
+@pytest.mark.process
 def test_default_target_uses_opencode_environment(tmp_path, run):
     data = tmp_path / "opencode"
     data.mkdir()
@@ -55,6 +58,7 @@ def test_default_target_uses_opencode_environment(tmp_path, run):
     assert [d["path"] for d in doc["databases"]] == [str(data / "opencode.db")]
 
 
+@pytest.mark.process
 def test_opencode_db_in_memory_is_clear_with_note(run):
     result = run("check", "--json", env={"OPENCODE_DB": ":memory:"})
     doc = json.loads(result.stdout)
@@ -62,6 +66,7 @@ def test_opencode_db_in_memory_is_clear_with_note(run):
     assert "nothing on disk to check" in doc["reason"]
 
 
+@pytest.mark.process
 def test_quiet_prints_nothing(wal_db, run):
     result = run("check", wal_db, "-q")
     assert (result.exit_code, result.stdout, result.stderr) == (0, "", "")
@@ -77,6 +82,7 @@ def test_bad_window_is_a_usage_error(wal_db, run):
     assert run("check", wal_db, "--window", "-1").exit_code == 2
 
 
+@pytest.mark.process
 def test_non_sqlite_file_is_a_one_line_error(tmp_path, run):
     path = tmp_path / "opencode.db"
     path.write_bytes(b"hello, this is not a database" * 10)
@@ -87,6 +93,7 @@ def test_non_sqlite_file_is_a_one_line_error(tmp_path, run):
     )
 
 
+@pytest.mark.process
 def test_fifo_named_opencode_db_does_not_hang(tmp_path, run):
     os.mkfifo(tmp_path / "opencode.db")
     started = time.monotonic()
@@ -96,6 +103,7 @@ def test_fifo_named_opencode_db_does_not_hang(tmp_path, run):
     assert "is a FIFO, not a regular file" in result.stderr
 
 
+@pytest.mark.process
 def test_directory_named_opencode_db_is_an_error(tmp_path, run):
     (tmp_path / "opencode.db").mkdir()
     result = run("check", tmp_path / "opencode.db")
@@ -103,6 +111,7 @@ def test_directory_named_opencode_db_is_an_error(tmp_path, run):
     assert "is a directory" in result.stderr
 
 
+@pytest.mark.process
 def test_json_document_has_the_documented_shape(wal_db, holder, run):
     h = holder(wal_db, "wal-idle")
     doc = json.loads(run("check", wal_db, "--json").stdout)
@@ -125,6 +134,7 @@ def test_json_document_has_the_documented_shape(wal_db, holder, run):
     assert set(mine["locks"][0]) >= {"file", "lock", "mode", "start", "end"}
 
 
+@pytest.mark.process
 def test_escape_sequences_in_a_command_line_never_reach_the_terminal(wal_db, holder, run):
     # The holder's argv carries an escape sequence (the kind that retitles a terminal).
     h = holder(wal_db, "wal-idle", "--spin", "\x1b]0;pwned\x07")
@@ -134,6 +144,7 @@ def test_escape_sequences_in_a_command_line_never_reach_the_terminal(wal_db, hol
     assert str(h.pid) in result.stdout
 
 
+@pytest.mark.process
 def test_colour_only_on_a_terminal_and_never_with_no_color(wal_db, holder):
     """Run under a real pseudo-terminal: coloured, unless NO_COLOR is set."""
     pytest.importorskip("pty")
@@ -148,6 +159,7 @@ def test_colour_only_on_a_terminal_and_never_with_no_color(wal_db, holder):
     assert "\x1b[" not in on_tty({"NO_COLOR": "1"})
 
 
+@pytest.mark.process
 def test_closed_pipe_is_quiet(wal_db, holder):
     holder(wal_db, "wal-write", "--spin")
     cmd = f"{sys.executable} -m sqlprobe check {wal_db} | head -c 1"
@@ -158,6 +170,7 @@ def test_closed_pipe_is_quiet(wal_db, holder):
     assert proc.stdout.splitlines()[-1] in ("4", "b4")  # busy, however much head read
 
 
+@pytest.mark.process
 def test_internal_error_is_one_line_and_exit_1(wal_db, monkeypatch, run):
     def boom(*args, **kwargs):
         raise RuntimeError("synthetic failure")
@@ -175,6 +188,7 @@ def test_internal_error_is_one_line_and_exit_1(wal_db, monkeypatch, run):
 # -- harmlessness --------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("state", "wal"),
     [
@@ -201,6 +215,7 @@ def test_check_changes_no_byte_and_creates_no_file(tmp_path, holder, run, state,
 # -- the installed script -------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_installed_console_script_runs(wal_db):
     script = shutil.which("sqlprobe", path=os.path.dirname(sys.executable)) or shutil.which(
         "sqlprobe"
@@ -223,6 +238,7 @@ def test_every_command_has_help_with_an_example():
         assert command and command.help and "Example:" in command.help, name
 
 
+@pytest.mark.process
 def test_path_with_newline_and_escape_stays_one_line(tmp_path, run):
     path = tmp_path / "odd\nname\x1b[2J.db"
     path.write_bytes(b"not a database at all" * 10)
@@ -232,6 +248,7 @@ def test_path_with_newline_and_escape_stays_one_line(tmp_path, run):
     assert "odd\\nname\\x1b[2J.db: not a SQLite database" in result.stderr
 
 
+@pytest.mark.process
 def test_path_with_non_utf8_bytes_is_reported_not_a_crash(tmp_path):
     path = os.path.join(os.fsencode(tmp_path), b"caf\xe9.db")
     with open(path, "wb") as f:

@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_db
+from conftest import make_db, wait_until
 
-from sqlprobe.judge.verdict import judge
 from sqlprobe.model import DatabaseSnapshot, Snapshot
+from sqlprobe.verdict.judge import judge
 
 SQLPROBE = [sys.executable, "-m", "sqlprobe"]
 FULL = "sqlprobe: cannot write output: No space left on device\n"
@@ -118,6 +118,7 @@ SECONDS_OPTIONS = [
 ]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("value", ["nan", "NaN", "-nan", "inf", "-inf", "-1"])
 @pytest.mark.parametrize(("args", "option", "low", "high"), SECONDS_OPTIONS)
 def test_seconds_that_are_not_finite_or_negative_are_a_usage_error(
@@ -137,6 +138,7 @@ def test_seconds_that_are_not_finite_or_negative_are_a_usage_error(
 # -- issue 13, item 16: odd names, empty names -----------------------------------------------------
 
 
+@pytest.mark.process
 def test_json_writes_a_non_utf8_file_name_as_valid_unicode(tmp_path):
     db = make_db(tmp_path / "x\udcff.db")  # the file name's byte 0xff is not UTF-8
     result = sqlprobe("check", "--no-probe", "--json", db)
@@ -147,6 +149,7 @@ def test_json_writes_a_non_utf8_file_name_as_valid_unicode(tmp_path):
     assert doc["reason"] == f"no other process holds {tmp_path}/x\\xff.db or its side files"
 
 
+@pytest.mark.process
 def test_a_channel_database_with_a_non_utf8_name_is_reported_escaped(tmp_path):
     make_db(tmp_path / "opencode-\udcff.db")
     env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}  # as in a UTF-8 locale
@@ -157,6 +160,7 @@ def test_a_channel_database_with_a_non_utf8_name_is_reported_escaped(tmp_path):
     assert [d["path"] for d in doc["databases"]] == [f"{tmp_path}/opencode-\\xff.db"]
 
 
+@pytest.mark.process
 def test_a_command_to_copy_quotes_an_odd_path_for_the_shell(tmp_path, holder):
     db = make_db(tmp_path / "h\udcff\x1b[2J.db")
     holder(db, "wal-idle")
@@ -167,6 +171,7 @@ def test_a_command_to_copy_quotes_an_odd_path_for_the_shell(tmp_path, holder):
     assert "\x1b" not in result.stdout
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("isolate", [False, True], ids=["exec", "isolate"])
 def test_an_empty_command_fails_as_in_a_shell(wal_db, isolate):
     shell = subprocess.run(["sh", "-c", "''"], capture_output=True)
@@ -176,12 +181,14 @@ def test_an_empty_command_fails_as_in_a_shell(wal_db, isolate):
     assert result.stderr.splitlines()[-1] == "sqlprobe: cannot run '': command not found"
 
 
+@pytest.mark.process
 def test_a_command_name_that_is_not_utf8_is_named_escaped(wal_db):
     result = sqlprobe("run", wal_db, "--", "no-such-\udcff-\x1b[2J")
     assert result.returncode == 127
     assert result.stderr == "sqlprobe: cannot run $'no-such-\\xff-\\x1b[2J': command not found\n"
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "args", [["check"], ["diagnose"], ["wait"], ["run", "", "--", "true"]], ids=lambda a: a[0]
 )
@@ -199,6 +206,7 @@ def test_an_empty_path_is_a_usage_error(tmp_path, args):
 # -- issue 13, item 17: closed and failing output, Ctrl-C, messages --------------------------------
 
 
+@pytest.mark.process
 def test_check_with_stdout_closed_exits_with_its_verdict(tmp_path, wal_db):
     clear = with_stdout_closed("check", wal_db)
     assert (clear.returncode, clear.stderr) == (0, "")
@@ -214,6 +222,7 @@ def test_check_with_stdout_closed_exits_with_its_verdict(tmp_path, wal_db):
     )
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "how", [[], ["--isolate"], ["--serialize"]], ids=["exec", "isolate", "queue"]
 )
@@ -227,6 +236,7 @@ def test_run_with_stdout_closed_runs_the_command_with_stdout_closed(tmp_path, wa
     assert result.stderr.splitlines()[-1] == "stdout closed"  # not a file sqlprobe opened
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "args",
     [
@@ -245,6 +255,7 @@ def test_output_to_a_full_disk_is_one_line_and_exit_7(wal_db, args):
     assert (result.returncode, result.stderr) == (7, FULL)
 
 
+@pytest.mark.process
 def test_diagnose_prints_its_error_on_stderr_as_check_does(tmp_path):
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"not a database" * 10)
@@ -255,6 +266,7 @@ def test_diagnose_prints_its_error_on_stderr_as_check_does(tmp_path):
     assert "not a SQLite database" not in result.stdout
 
 
+@pytest.mark.process
 def test_ctrl_c_during_wait_exits_130_and_says_nothing_more(wal_db, holder, terminal):
     h = holder(wal_db, "wal-write", "--spin")  # busy: a stuck holder ends the wait at once
     waiting = terminal([*SQLPROBE, "wait", str(wal_db), "--timeout", "30"])
@@ -268,6 +280,7 @@ def test_ctrl_c_during_wait_exits_130_and_says_nothing_more(wal_db, holder, term
     assert re.sub(rb"\r\x1b\[K(sqlprobe: waiting [^\r]*)?", b"", rest) == b"", rest
 
 
+@pytest.mark.process
 def test_ctrl_c_while_queued_exits_130_and_frees_the_queue(tmp_path, wal_db, holder, terminal):
     holder(wal_db, "wal-write", "--spin")  # busy: a stuck holder ends the wait at once
     env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)}
@@ -287,6 +300,7 @@ def _blocked_writing(pid: int) -> bool:
     return stat[stat.rindex(b")") + 2 :].split()[0] == b"S"
 
 
+@pytest.mark.process
 def test_ctrl_c_before_an_isolated_command_starts_removes_its_directory(tmp_path):
     # sqlprobe prints the isolated database's path after making its directory: with stderr a
     # full pipe, it blocks right there, between the directory and the command.
@@ -304,10 +318,12 @@ def test_ctrl_c_before_an_isolated_command_starts_removes_its_directory(tmp_path
     )
     os.close(write_end)
     try:
-        deadline = time.monotonic() + 30
-        while not (list(tmp_path.glob("sqlprobe-isolated-*")) and _blocked_writing(proc.pid)):
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.01)
+        wait_until(
+            lambda: list(tmp_path.glob("sqlprobe-isolated-*")) and _blocked_writing(proc.pid),
+            "sqlprobe did not block writing after making its directory",
+            30,
+            alive=proc,
+        )
         proc.send_signal(signal.SIGINT)
         os.set_blocking(read_end, False)
         while proc.poll() is None:  # drain, so that a process that insists on printing can
@@ -333,16 +349,15 @@ def _runs(pid: int, name: bytes) -> bool:
     return False
 
 
+@pytest.mark.process
 def test_ctrl_c_during_an_isolated_run_removes_its_directory(tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen(
         [*SQLPROBE, "run", "--isolate", "--", "sleep", "30"], stderr=subprocess.PIPE, env=env
     )
     try:
-        deadline = time.monotonic() + 30
-        while not _runs(proc.pid, b"sleep"):  # the command (not a worker of the preflight)
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.01)
+        # The command (not a worker of the preflight) runs.
+        wait_until(lambda: _runs(proc.pid, b"sleep"), "the command did not start", 30, alive=proc)
         (made,) = tmp_path.glob("sqlprobe-isolated-*")
         proc.send_signal(signal.SIGINT)  # forwarded to the command, which dies of it
         _, err = proc.communicate(timeout=30)
@@ -365,6 +380,7 @@ def test_a_computed_timeout_is_printed_rounded():
     assert judge(snapshot).reason.endswith(" (the 1 s timeout cut short the window)")
 
 
+@pytest.mark.process
 def test_a_timeout_given_with_many_digits_is_printed_rounded(wal_db, holder):
     holder(wal_db, "wal-write")
     result = sqlprobe("check", wal_db, "--timeout", "0.3456789", "--window", "5")

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import make_db
 
+pytestmark = pytest.mark.process  # real holders and parallel checks
+
 LOOPS = 8
 
 

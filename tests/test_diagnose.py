@@ -8,7 +8,8 @@ import os
 import pytest
 from conftest import make_db
 
-from sqlprobe.system.linux import Mount, parse_mountinfo
+from sqlprobe.system.backend import Mount
+from sqlprobe.system.procparse import parse_mountinfo
 from sqlprobe.text import redact_command, safe
 from sqlprobe.workflows.diagnose import (
     fd_kind,
@@ -38,6 +39,7 @@ def _data_dir(tmp_path):
     return data, make_db(data / "opencode.db"), data / "log" / "2026-11-25T100000.log"
 
 
+@pytest.mark.process
 def test_diagnose_shows_the_holders_log_environment_and_files(opencode_like, run):
     data, db, log, h = opencode_like
     result = run("diagnose", data, "--json")
@@ -58,6 +60,7 @@ def test_diagnose_shows_the_holders_log_environment_and_files(opencode_like, run
     assert fs["path"] == str(data) and str(data).startswith(fs["mount_point"])
 
 
+@pytest.mark.process
 def test_diagnose_human_report_has_the_last_log_line(opencode_like, run):
     data, _db, log, h = opencode_like
     out = run("diagnose", data).stdout
@@ -66,6 +69,7 @@ def test_diagnose_human_report_has_the_last_log_line(opencode_like, run):
     assert "filesystem of " in out and "open files (" in out
 
 
+@pytest.mark.process
 def test_diagnose_of_a_clear_database_has_no_holders(wal_db, run):
     result = run("diagnose", wal_db, "--json")
     doc = json.loads(result.stdout)
@@ -110,7 +114,7 @@ def test_mount_of_picks_the_longest_mount_point_and_unescapes():
 
 
 def test_fd_kinds_and_log_paths():
-    assert [fd_kind(x) for x in ("/a/b", "/a/b (deleted)", "socket:[1]", "pipe:[2]")] == [
+    assert [fd_kind(*x) for x in (("/a/b",), ("/a/b", True), ("socket:[1]",), ("pipe:[2]",))] == [
         "file",
         "deleted",
         "socket",
@@ -148,6 +152,7 @@ def holder_with_secrets(tmp_path, holder):
     return data, h
 
 
+@pytest.mark.process
 def test_diagnose_never_prints_a_holders_secrets(holder_with_secrets, run):
     data, h = holder_with_secrets
     text = run("diagnose", data).stdout
@@ -163,6 +168,7 @@ def test_diagnose_never_prints_a_holders_secrets(holder_with_secrets, run):
     assert "--token (redacted) --password=(redacted)" in text  # the command line, in check's table
 
 
+@pytest.mark.process
 def test_a_log_line_with_bidi_controls_is_printed_escaped(tmp_path, holder, run):
     data = tmp_path / "share" / "opencode"
     (data / "log").mkdir(parents=True)

@@ -13,7 +13,7 @@ import click
 import pytest
 
 from sqlprobe.cli import cli
-from sqlprobe.judge.verdict import ExitCode, State
+from sqlprobe.verdict.judge import ExitCode, State
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
@@ -28,6 +28,17 @@ def test_readme_exit_code_table_matches_the_enum():
     assert {name: int(code) for name, code in rows} == {
         s.value: int(ExitCode[s.name]) for s in State
     }
+
+
+def test_readme_names_every_kind_of_finding_and_every_kind_has_words():
+    from sqlprobe.model import FindingKind
+    from sqlprobe.render.findings import _WORDS
+
+    row = next(line for line in README.splitlines() if line.startswith("| `findings[]`"))
+    named = set(re.findall(r"`([a-z-]+)`", row)) - {"kind", "path", "pid", "detail", "count"}
+    named -= {"warnings"}  # where the opencode sentences are
+    assert named - {"total", "pids"} == {k.value for k in FindingKind}
+    assert set(_WORDS) == set(FindingKind)
 
 
 def test_every_command_has_a_readme_section():
@@ -56,6 +67,7 @@ def _keys(value: object, prefix: str = "") -> set[str]:
     return set()
 
 
+@pytest.mark.process
 def test_readme_json_example_matches_a_real_document(wal_db, holder, run):
     holder(wal_db, "wal-write", "--spin")
     real = json.loads(run("check", wal_db, "--json").stdout)
@@ -63,6 +75,7 @@ def test_readme_json_example_matches_a_real_document(wal_db, holder, run):
     assert _keys(example) == _keys(real)
 
 
+@pytest.mark.process
 def test_readme_opencode_json_example_matches_a_real_document(tmp_path, run):
     """The second example: opencode's locks, from a real lock holder and a left git lock."""
     from test_opencode_locks import OcEnv, backdate
@@ -85,6 +98,7 @@ def test_readme_opencode_json_example_matches_a_real_document(tmp_path, run):
     assert _keys(example) == _keys(real_part)
 
 
+@pytest.mark.process
 def test_readme_json_field_table_covers_every_top_level_and_database_field(wal_db, run):
     doc = json.loads(run("check", wal_db, "--json").stdout)
     table = README[README.index("| field | meaning |") :]
@@ -93,6 +107,7 @@ def test_readme_json_field_table_covers_every_top_level_and_database_field(wal_d
         assert re.search(rf"`(databases\[\]\.)?{key}(\[\])?[`.]", table), key
 
 
+@pytest.mark.process
 @pytest.mark.skipif(
     shutil.which("ruff", path=str(Path(sys.executable).parent)) is None
     and shutil.which("ruff") is None,

@@ -13,6 +13,8 @@ import sys
 import pytest
 from conftest import NOBODY, is_root, make_db
 
+pytestmark = pytest.mark.process  # real holders, and checks run as another user
+
 needs_root = pytest.mark.skipif(not is_root(), reason="needs root to set up (unshare/setuid/mount)")
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 from conftest import fingerprint, is_root, make_db
 
+pytestmark = pytest.mark.process  # real holders and the CLI's forked workers
+
 HANGS = "hangs"
 NEW_INSTANCE = """
 import sqlite3, sys

@@ -27,6 +27,8 @@ import pytest
 from conftest import Holder, make_db
 from fusehang import FuseHang, MountUnavailable, end_process
 
+pytestmark = pytest.mark.process  # a FUSE server, holders and the CLI in subprocesses
+
 SQLPROBE = [sys.executable, "-m", "sqlprobe"]
 SLACK_S = 0.5  # the bound: deadline + 0.5 s, start-up included
 HARD_CAP_S = 10.0  # past the bound: the process is killed and the test fails with its state

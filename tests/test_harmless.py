@@ -14,6 +14,8 @@ from conftest import NOBODY, is_root, make_db
 
 import sqlprobe
 
+pytestmark = pytest.mark.process  # real holders and the CLI's forked workers
+
 WRITE_NOW = """
 import sqlite3, sys
 conn = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)
@@ -48,7 +50,9 @@ def test_library_call_keeps_the_callers_own_connection_locks(wal_db):
         snapshot = sqlprobe.check(str(wal_db), window=0)
 
         assert other_process_write(wal_db) == "database is locked"
-        assert any("open in sqlprobe's own process" in w for w in snapshot.warnings)
+        from sqlprobe.render.findings import words
+
+        assert any("open in sqlprobe's own process" in words(w) for w in snapshot.warnings)
         conn.execute("commit")
     finally:
         conn.close()

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import READY_TIMEOUT, only_holder
 
+pytestmark = pytest.mark.process  # real holders and waiters
+
 # Blocks in F_SETLKW on a byte of a file (the WAL write lock of the -shm, byte 120), as a process
 # that waits in the kernel does. SQLite never does this itself; other tools might.
 SETLKW_WAITER = """

@@ -78,6 +78,7 @@ def printed_file(text: str, env: dict[str, str]) -> str:
 # -- item 3: the hook of a sqlprobe that is not on PATH -----------------------------------------
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_hook_printed_by_a_sqlprobe_off_path_runs_opencode(tmp_path, shell):
     """README set-up leaves only .venv/bin/sqlprobe: its hook must still run (it was exit 127)."""
@@ -86,6 +87,7 @@ def test_hook_printed_by_a_sqlprobe_off_path_runs_opencode(tmp_path, shell):
     _hook_runs_opencode(shell, [str(SCRIPT)], env)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_hook_of_a_sqlprobe_at_a_path_with_quotes_and_spaces_runs_opencode(tmp_path, shell):
     _shell(shell)
@@ -96,6 +98,7 @@ def test_hook_of_a_sqlprobe_at_a_path_with_quotes_and_spaces_runs_opencode(tmp_p
     _hook_runs_opencode(shell, [str(odd)], env)
 
 
+@pytest.mark.process
 def test_hook_printed_by_python_m_sqlprobe_off_path_runs_opencode(tmp_path):
     env = _off_path_env(tmp_path, _fake_opencode(tmp_path))
     _hook_runs_opencode("bash", [sys.executable, "-m", "sqlprobe"], env, cwd=tmp_path)
@@ -114,6 +117,7 @@ def _readme_completion_line(shell: str) -> str:
     return lines[0].lstrip("$ ")
 
 
+@pytest.mark.process
 def test_readme_bash_completion_completes_commands_options_and_choices(tmp_path):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     load = _readme_completion_line("bash")
@@ -157,6 +161,7 @@ def test_readme_bash_completion_completes_commands_options_and_choices(tmp_path)
     assert asked.stdout.split() == [f"file,{tmp_path}/openc"], asked.stderr
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("shell", ["zsh", "fish"])
 def test_readme_zsh_and_fish_completion_load_and_complete(tmp_path, shell):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
@@ -188,6 +193,7 @@ def test_readme_zsh_and_fish_completion_load_and_complete(tmp_path, shell):
 # -- item 9: the man page --------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_committed_man_page_is_what_the_generator_writes_now(tmp_path):
     out = tmp_path / "sqlprobe.1"
     proc = subprocess.run(
@@ -217,6 +223,7 @@ def test_man_page_covers_every_command_and_option():
                 assert opt.replace("-", "\\-") in page, (name, opt)
 
 
+@pytest.mark.process
 def test_man_page_renders_without_warnings(tmp_path):
     text = MANPAGE.read_text()
     assert text.startswith(".TH SQLPROBE 1 ")

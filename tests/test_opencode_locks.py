@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 from conftest import NOBODY, READY_TIMEOUT, Holder, make_db
 
-from sqlprobe.opencode.flock import STALE_S, dir_name
+from sqlprobe.opencode.locks import STALE_S, dir_name
+
+pytestmark = pytest.mark.process  # opencode-like lock holders and the CLI's forked workers
 
 HERE = Path(__file__).parent
 OCLOCK = HERE / "oclock.py"

@@ -13,7 +13,7 @@ from sqlprobe.errors import HeaderError
 from sqlprobe.model import ByteRange, FileKey, FileKind, JournalMode, LockLine, Mode
 from sqlprobe.sqlite import locks as layout
 from sqlprobe.sqlite.dbheader import parse_header
-from sqlprobe.system.linux import parse_cmdline, parse_locks, parse_stat, parse_status
+from sqlprobe.system.procparse import parse_cmdline, parse_locks, parse_stat, parse_status
 
 PROC = FIXTURES / "proc"
 SHM_KEY = FileKey(os.makedev(0xFE, 0), 2146404)

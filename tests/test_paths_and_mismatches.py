@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import make_db, on_pty
 
+pytestmark = pytest.mark.process  # real holders, the CLI's forked workers, a pty
+
 WITHOUT_DB = "exists without its database"
 
 

@@ -45,7 +45,7 @@ def test_guarded_open_never_creates_the_missing_wal(tmp_path):
     os.unlink(f"{db}-wal")
     # ... the probe's VFS refuses to create it, and the probe says what SQLite said.
     result = probe.run(str(db), probe.READONLY_SHM, busy_timeout=0.1, budget=5)
-    assert result.result == "SQLITE_CANTOPEN"
+    assert result.code == "SQLITE_CANTOPEN"
     assert os.listdir(tmp_path) == ["opencode.db"]
 
 
@@ -66,6 +66,7 @@ def test_guarded_open_never_deletes(tmp_path):
     assert os.path.exists(f"{empty}-wal")
 
 
+@pytest.mark.process
 def test_probe_reports_sqlites_code_for_a_database_it_cannot_read(tmp_path, run):
     db = make_db(tmp_path / "opencode.db")
     data = bytearray(db.read_bytes())
@@ -98,6 +99,7 @@ def read_marks_db(tmp_path):
         holder.stdout.close()
 
 
+@pytest.mark.process
 def test_probe_gives_up_at_its_budget_inside_sqlites_retry_loop(read_marks_db):
     started = time.monotonic()
     result = probe.run(str(read_marks_db), probe.READONLY_SHM, busy_timeout=0.1, budget=0.5)
@@ -106,6 +108,7 @@ def test_probe_gives_up_at_its_budget_inside_sqlites_retry_loop(read_marks_db):
     assert elapsed < 2.0  # SQLite alone would retry for ~10 s
 
 
+@pytest.mark.process
 def test_check_skips_the_probe_when_the_locks_predict_the_protocol_stall(read_marks_db, check_json):
     started = time.monotonic()
     doc, code = check_json(read_marks_db, "--probe-live")
@@ -121,16 +124,21 @@ def test_probe_with_no_time_left_does_not_open(tmp_path):
     assert probe.run(str(db), probe.IMMUTABLE, busy_timeout=0.1, budget=0).result == "timeout"
 
 
+@pytest.mark.process
 def test_probe_runs_only_where_plan_allows(wal_db, holder):
     import sqlprobe
 
     holder(wal_db, "wal-idle")
+    from sqlprobe.verdict.decide import database_effects
+
     snapshot = sqlprobe.check(str(wal_db), window=0)
-    assert probe.plan(snapshot.databases[0], live=True)[0] == probe.READONLY_SHM
+    effects = database_effects(snapshot.databases[0])
+    assert probe.plan(snapshot.databases[0], live=True, effects=effects)[0] == probe.READONLY_SHM
     how, why = probe.plan(snapshot.databases[0])  # by default, no read beside live holders
     assert how is None and "TRUNCATE" in why and "--probe-live" in why
 
 
+@pytest.mark.process
 def test_a_file_name_that_is_not_utf8_is_not_probed_and_does_not_crash(tmp_path, check_json):
     db = make_db(tmp_path / "plain.db")
     odd = Path(os.fsdecode(bytes(tmp_path) + b"/odd-\xff.db"))

@@ -28,7 +28,10 @@ TIMEOUT = 60
 # A command that says it runs, then holds the queue (inherited) until its stdin closes.
 HOLD = "import sys; print('ready', flush=True); sys.stdin.read()"
 
-pytestmark = pytest.mark.skipif(not is_root(), reason="needs root: another uid plants the files")
+pytestmark = [
+    pytest.mark.process,  # the CLI in subprocesses, and holders run as another user
+    pytest.mark.skipif(not is_root(), reason="needs root: another uid plants the files"),
+]
 
 
 @pytest.fixture

@@ -21,14 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from sqlprobe.opencode.flock import dir_name
+from sqlprobe.opencode.locks import dir_name
 
 OPENCODE = os.environ.get("SQLPROBE_TEST_OPENCODE", "")
-pytestmark = pytest.mark.skipif(
-    not (OPENCODE and os.access(OPENCODE, os.X_OK)),
-    reason="SQLPROBE_TEST_OPENCODE does not name an opencode binary (npm pack "
-    "opencode-linux-x64@VERSION; package/bin/opencode)",
-)
+pytestmark = [
+    pytest.mark.process,  # real opencode runs, and a server for them
+    pytest.mark.skipif(
+        not (OPENCODE and os.access(OPENCODE, os.X_OK)),
+        reason="SQLPROBE_TEST_OPENCODE does not name an opencode binary (npm pack "
+        "opencode-linux-x64@VERSION; package/bin/opencode)",
+    ),
+]
 LOCK_APPEARS_S = 60.0
 
 

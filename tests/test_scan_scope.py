@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import is_root, make_db
+from conftest import is_root, make_db, wait_until
+
+pytestmark = pytest.mark.process  # openers run as other users, and the CLI's forked workers
 
 NOBODY = 65534
 # Opens the file read-only (as root), then optionally becomes nobody, then either execs
@@ -46,10 +47,8 @@ def opener() -> Iterator[Callable[..., int]]:
         )
         procs.append(proc)
         if then == "exec":
-            deadline = time.monotonic() + 10
-            while Path(f"/proc/{proc.pid}/comm").read_text() != "sleep\n":
-                assert time.monotonic() < deadline, "the opener did not exec sleep"
-                time.sleep(0.01)
+            comm = Path(f"/proc/{proc.pid}/comm")
+            wait_until(lambda: comm.read_text() == "sleep\n", "the opener did not exec sleep", 10)
         else:
             assert proc.stdout and proc.stdout.readline() == "ready\n"
         return proc.pid
@@ -134,9 +133,9 @@ def test_a_process_that_exits_while_its_descriptors_are_listed_is_passed_over(tm
     """Its /proc/PID/fd was opened, then it exited (a parallel sqlprobe's worker does, all the
     time): the listing fails with ENOENT, which is "no such process", not a crash."""
     from sqlprobe.errors import NoSuchProcess
-    from sqlprobe.system.linux import ProcFS
+    from sqlprobe.system.linux import LinuxBackend
 
-    proc = ProcFS()
+    proc = LinuxBackend()
     child = subprocess.Popen(
         [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
     )

@@ -7,7 +7,10 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import pytest
 from conftest import FIXTURES, make_db
+
+pytestmark = pytest.mark.process  # real holders and the CLI's forked workers
 
 FILES = FIXTURES / "files"
 

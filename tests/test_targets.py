@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from conftest import make_db
 
 from sqlprobe.collect.targets import default_target, opencode_data_dir, resolve
@@ -63,6 +64,7 @@ def test_symlinked_file_resolves_to_real_path(tmp_path):
     assert resolve(str(tmp_path / "link.db"), {}).databases == (str(real),)
 
 
+@pytest.mark.process
 def test_symlink_loop_is_an_error(tmp_path, check_json):
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from sqlprobe.judge.verdict import ExitCode, State, judge
 from sqlprobe.model import (
     ByteRange,
     DatabaseSnapshot,
@@ -20,6 +19,7 @@ from sqlprobe.model import (
     ThreadSample,
 )
 from sqlprobe.sqlite.effects import Outcome, outcome
+from sqlprobe.verdict.judge import ExitCode, State, judge
 
 WAL = DbHeader(4096, 2, 2, 1, 2, 1, 0)
 ROLLBACK = DbHeader(4096, 1, 1, 1, 2, 1, 0)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from sqlprobe.judge.opencode import judge_opencode, likely_lock_waiters
-from sqlprobe.judge.verdict import State, judge
 from sqlprobe.model import (
     DatabaseSnapshot,
     Holder,
@@ -13,8 +11,10 @@ from sqlprobe.model import (
     OpencodeState,
     Snapshot,
 )
-from sqlprobe.opencode.flock import dir_name, startup_keys
+from sqlprobe.opencode.locks import dir_name, startup_keys
 from sqlprobe.opencode.paths import Dirs
+from sqlprobe.verdict.judge import State, judge
+from sqlprobe.verdict.opencode import judge_opencode, likely_lock_waiters
 
 NOW = 1_800_000_000.0
 CONFIG = "/home/me/.config/opencode"

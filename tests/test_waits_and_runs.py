@@ -9,7 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import fake_opencode, opencode_home
+
+pytestmark = pytest.mark.process  # the CLI and the commands it runs, in subprocesses
 
 BIN = Path(sys.executable).parent
 SQLPROBE = [sys.executable, "-m", "sqlprobe"]

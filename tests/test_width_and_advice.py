@@ -7,7 +7,10 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import HOLDER, make_db, on_pty
+
+pytestmark = pytest.mark.process  # real holders, the CLI on a pty
 
 PROGRAM = os.path.basename(sys.executable)
 FULL_COMMAND = f"{sys.executable} {HOLDER}"

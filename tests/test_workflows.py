@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import fake_opencode, make_db, on_pty, opencode_home
+from conftest import fake_opencode, make_db, on_pty, opencode_home, wait_until
+
+pytestmark = pytest.mark.process  # the CLI and the commands it runs, in subprocesses
 
 BIN = Path(sys.executable).parent
 SQLPROBE = [sys.executable, "-m", "sqlprobe"]
@@ -122,10 +124,12 @@ def test_run_execs_so_signals_reach_the_command(wal_db):
 
 def _until_running(pid: int, program: bytes) -> None:
     """Wait until process `pid` has exec'd `program` (its argv[0])."""
-    deadline = time.monotonic() + 20
-    while Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] != program:
-        assert time.monotonic() < deadline, f"pid {pid} never ran {program!r}"
-        time.sleep(0.02)
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    wait_until(
+        lambda: cmdline.read_bytes().split(b"\0")[0] == program,
+        f"pid {pid} never ran {program!r}",
+        20,
+    )
 
 
 def test_run_of_a_missing_command_is_127(wal_db):

@@ -24,14 +24,16 @@ from sqlprobe.model import (
     OpencodeState,
     ZombieChild,
 )
-from sqlprobe.opencode import flock, install
+from sqlprobe.opencode import install, lockdirs
+from sqlprobe.opencode.locks import BREAKER, is_stale
 from sqlprobe.opencode.paths import Dirs, dirs
-from sqlprobe.system.linux import ProcFS, quietly
+from sqlprobe.system.backend import Backend, quietly
 
 INDEX_LOCK = "index.lock"
 MAX_SNAPSHOT_DIRS = 2048  # project and worktree directories looked into, in all
-# /proc/PID/stat's start time has clock-tick precision and btime whole seconds.
+# A process's start time is known to the second (Linux: btime has whole seconds).
 START_SLACK_S = 1.0
+START_UNKNOWN = "the start time of a lock's process is unknown: a reused pid cannot be told apart"
 
 
 def scope(path: str | None, env: Mapping[str, str]) -> Dirs | None:
@@ -51,23 +53,17 @@ def scope(path: str | None, env: Mapping[str, str]) -> Dirs | None:
     return found if real in {os.path.realpath(p) for p in ours} else None
 
 
-def read(proc: ProcFS, where: Dirs) -> OpencodeState:
+def read(proc: Backend, where: Dirs) -> OpencodeState:
     """The first look: lock directories and their owners, snapshot index locks."""
     hostname = os.uname().nodename
-    read_locks = flock.read_locks(where.locks, lambda: flock.candidate_keys(where))
+    read_locks = lockdirs.read_locks(where.locks, lambda: lockdirs.candidate_keys(where))
     now = time.time()
     problems = list(read_locks.problems)
-    boot = None
-    if read_locks.locks:
-        try:
-            boot = proc.boot_time()
-        except OSError:
-            problems.append("the boot time is unknown: a reused pid cannot be told apart")
     owners: dict[int, LockOwner] = {}
     for lock in read_locks.locks:
         meta = lock.meta
         if meta and meta.pid and meta.hostname in (None, hostname) and meta.pid not in owners:
-            owners[meta.pid] = owner(proc, meta.pid, meta.created_at, boot)
+            owners[meta.pid] = owner(proc, meta.pid, meta.created_at, problems)
     return OpencodeState(
         state_dir=where.state,
         locks_dir=where.locks,
@@ -94,7 +90,7 @@ def with_openers(
 
 
 def finish(
-    proc: ProcFS,
+    proc: Backend,
     state: OpencodeState,
     env: Mapping[str, str],
     holders: Iterable[int],
@@ -114,8 +110,12 @@ def finish(
     )
 
 
-def owner(proc: ProcFS, pid: int, created_at: float | None, boot: float | None) -> LockOwner:
-    """The process `pid` of a lock's meta.json: alive, and the one that took the lock?"""
+def owner(
+    proc: Backend, pid: int, created_at: float | None, problems: list[str] | None = None
+) -> LockOwner:
+    """The process `pid` of a lock's meta.json: alive, and the one that took the lock?
+
+    When its start time is unknown, says so once in `problems`."""
     try:
         sample = proc.sample(pid)
     except NoSuchProcess:
@@ -124,14 +124,16 @@ def owner(proc: ProcFS, pid: int, created_at: float | None, boot: float | None) 
         return LockOwner(pid, True, None)  # /proc/PID/stat is world-readable: not expected
     if sample.state in ("Z", "X"):
         return LockOwner(pid, False, "it has exited (a zombie, not yet reaped)")
-    started = boot + sample.start_ticks / proc.clock_ticks if boot is not None else None
+    started = proc.started_at(sample)
+    if started is None and problems is not None and START_UNKNOWN not in problems:
+        problems.append(START_UNKNOWN)
     if started is not None and created_at is not None and started > created_at + START_SLACK_S:
         return LockOwner(pid, False, "pid reused: that process started after the lock was taken")
     return LockOwner(pid, True, None, command=quietly(proc.cmdline, pid) or "")
 
 
 def which_opencode(
-    proc: ProcFS, env: Mapping[str, str], pids: Iterable[int]
+    proc: Backend, env: Mapping[str, str], pids: Iterable[int]
 ) -> tuple[str | None, str | None]:
     """(version, where it was read) of the opencode a new instance would run.
 
@@ -143,7 +145,7 @@ def which_opencode(
         candidates.append(found)
     for pid in pids:
         exe = quietly(proc.exe, pid)
-        if exe and os.path.basename(exe.removesuffix(" (deleted)")) == install.NAME:
+        if exe and os.path.basename(exe) == install.NAME:
             candidates.append(exe)
     for executable in dict.fromkeys(candidates):
         got = install.inspect(executable)
@@ -156,8 +158,8 @@ def index_locks(snapshots: str) -> list[tuple[str, float | None]]:
     """(path, mtime) of each `snapshot/<project>/<worktree>/index.lock` (git's O_EXCL lock)."""
     found = []
     looked = 0
-    for project in flock.listdir(snapshots):
-        for worktree in flock.listdir(os.path.join(snapshots, project)):
+    for project in lockdirs.listdir(snapshots):
+        for worktree in lockdirs.listdir(os.path.join(snapshots, project)):
             looked += 1
             if looked > MAX_SNAPSHOT_DIRS:
                 return found
@@ -169,7 +171,7 @@ def index_locks(snapshots: str) -> list[tuple[str, float | None]]:
     return found
 
 
-def zombies(proc: ProcFS, pids: Iterable[int]) -> tuple[ZombieChild, ...]:
+def zombies(proc: Backend, pids: Iterable[int]) -> tuple[ZombieChild, ...]:
     """The children of `pids` that exited and were never reaped."""
     found = []
     for pid in sorted(set(pids)):
@@ -187,28 +189,24 @@ def live_owners(state: OpencodeState) -> list[int]:
     for lock in state.locks:
         found = state.owner(lock.meta.pid if lock.meta else None)
         since = lock.fresh_since
-        if found and found.alive and (since is None or not flock.is_stale(since, state.now)):
+        if found and found.alive and (since is None or not is_stale(since, state.now)):
             pids.append(found.pid)
     return sorted(set(pids))
 
 
-def still_blocks(proc: ProcFS, lock: LockDir, state: str) -> bool:
+def still_blocks(proc: Backend, lock: LockDir, state: str) -> bool:
     """A cheap second look at a lock that blocked (`state` held or left-behind, or a stale one
     kept by its breaker): True while it certainly still does; False means "look properly"."""
     now = time.time()
     if state == "stale":
-        breaker = flock.mtime(lock.path + flock.BREAKER)
-        return (
-            breaker is not None
-            and breaker == lock.breaker_mtime
-            and not flock.is_stale(breaker, now)
-        )
-    if flock.mtime(os.path.join(lock.path, "meta.json")) != lock.meta_mtime:
+        breaker = lockdirs.mtime(lock.path + BREAKER)
+        return breaker is not None and breaker == lock.breaker_mtime and not is_stale(breaker, now)
+    if lockdirs.mtime(os.path.join(lock.path, "meta.json")) != lock.meta_mtime:
         return False  # gone, or taken anew
-    again = lock._replace(heartbeat_mtime=flock.mtime(os.path.join(lock.path, "heartbeat")))
+    again = lock._replace(heartbeat_mtime=lockdirs.mtime(os.path.join(lock.path, "heartbeat")))
     since = again.fresh_since
-    if since is None or flock.is_stale(since, now):
+    if since is None or is_stale(since, now):
         return False
     if state == "held" and lock.meta and lock.meta.pid:
-        return os.path.exists(f"{proc.root}/{lock.meta.pid}")
+        return proc.exists(lock.meta.pid)
     return True

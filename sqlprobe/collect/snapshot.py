@@ -14,8 +14,9 @@ import contextlib
 import errno
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
+from sqlprobe import system
 from sqlprobe.collect import opencode as collect_opencode
 from sqlprobe.collect.targets import Target, default_target, resolve
 from sqlprobe.errors import (
@@ -27,40 +28,41 @@ from sqlprobe.errors import (
 )
 from sqlprobe.model import (
     ByteRange,
+    DatabaseEffects,
     DatabaseSnapshot,
     DbHeader,
     FileKey,
     FileKind,
+    Finding,
+    FindingKind,
     Holder,
-    IndexState,
-    JournalMode,
     Lock,
     LockLine,
+    LockName,
     Mode,
     Observation,
     OpencodeState,
     OtherName,
     Probe,
-    ProcSample,
+    ProbeResult,
     SideFile,
     Snapshot,
     WalState,
 )
 from sqlprobe.opencode.paths import Dirs
+from sqlprobe.options import DEFAULT_BUSY_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_WINDOW
 from sqlprobe.sqlite import probe
 from sqlprobe.sqlite.dbheader import parse_header
-from sqlprobe.sqlite.effects import effective_mode, outcome
 from sqlprobe.sqlite.filestate import journal_header_set, read_wal_state
 from sqlprobe.sqlite.locks import (
     DB_HEADER_SIZE,
     RESERVED_BYTE,
-    WAL_FRAME_HEADER_SIZE,
-    WAL_HEADER_SIZE,
     decode,
     lock_bytes,
 )
 from sqlprobe.system import getlk
 from sqlprobe.system.access import Gate, rules_out_others
+from sqlprobe.system.backend import Backend, Descriptor, quietly, user_name
 from sqlprobe.system.deadline import Deadline, run_until
 from sqlprobe.system.files import (
     DANGLING,
@@ -71,12 +73,12 @@ from sqlprobe.system.files import (
     open_regular,
     pread_at_most,
 )
-from sqlprobe.system.linux import DELETED_SUFFIX, ProcFS, quietly, user_name
 from sqlprobe.text import seconds
 
-DEFAULT_WINDOW = 0.3
-DEFAULT_TIMEOUT = 3.0
 SAMPLE_INTERVAL = 0.05
+# The judge's decision about one database's locks (verdict.decide.database_effects), handed in by
+# the caller: the collector knows SQLite's lock bytes, not what they mean to a new instance.
+Decide = Callable[[DatabaseSnapshot], DatabaseEffects]
 WHOLE_FILE = ByteRange(0, None)
 RESERVED = ByteRange(RESERVED_BYTE, RESERVED_BYTE)
 # Time kept back from the window for what follows it: holders, the probe, the output.
@@ -117,15 +119,21 @@ def check(
     path: str | None = None,
     env: Mapping[str, str] | None = None,
     window: float = DEFAULT_WINDOW,
-    procfs: ProcFS | None = None,
+    proc: Backend | None = None,
     timeout: float | None = DEFAULT_TIMEOUT,
-    busy_timeout: float = probe.DEFAULT_BUSY_TIMEOUT,
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     use_probe: bool = True,
     thorough: bool = False,
     databases: bool = True,
     probe_live: bool = False,
+    decide: Decide | None = None,
 ) -> Snapshot:
     """Resolve `path` (None: opencode's default database) and take one snapshot of it.
+
+    `decide` is the judge's decision about a database's locks (verdict.decide.database_effects,
+    which `sqlprobe.check` passes): it says whether the first look shows a lock worth a window
+    and how the probe may open the database. Without it every lock counts (a window whenever
+    another process holds one) and the probe treats every holder as blocking.
 
     When the target is opencode's own data (no PATH, or PATH is its data dir or database as
     `env` places them), opencode's lock directories are read too. With `databases` False only
@@ -136,7 +144,7 @@ def check(
     it was doing; the work is left running in a daemon thread.
     """
     env = os.environ if env is None else env
-    proc = procfs or ProcFS()
+    proc = proc or system.backend()
     deadline = Deadline(timeout)
     caller = os.getpid()  # whose /proc/self a PATH names: not the worker's (targets.resolve)
 
@@ -146,7 +154,7 @@ def check(
         deadline.stage = f"resolving {path or default_target(env)}"
         where = collect_opencode.scope(path, env)
         if databases:
-            target = resolve(path, env, own, caller)
+            target = resolve(path, env, own, caller, proc)
         else:
             target = Target(label=where.state if where else (path or default_target(env)))
         return take(
@@ -161,6 +169,7 @@ def check(
             where,
             env,
             probe_live,
+            decide,
         )
 
     if timeout is None:
@@ -183,19 +192,20 @@ def check(
 def take(
     target: Target,
     window: float = DEFAULT_WINDOW,
-    procfs: ProcFS | None = None,
+    proc: Backend | None = None,
     own: frozenset[FileKey] | None = None,
     deadline: Deadline | None = None,
-    busy_timeout: float = probe.DEFAULT_BUSY_TIMEOUT,
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     use_probe: bool = True,
     thorough: bool = False,
     opencode: Dirs | None = None,
     env: Mapping[str, str] | None = None,
     probe_live: bool = False,
+    decide: Decide | None = None,
 ) -> Snapshot:
     """Take a snapshot of the databases of `target`, and of opencode's state in `opencode`.
 
-    `own` is what this process has open already (ProcFS.own_files); read here when not given.
+    `own` is what this process has open already (Backend.own_files); read here when not given.
     The window is shortened to keep within `deadline`, and the snapshot says so. `thorough`
     stats every open file of every process (see `_find_openers`).
     """
@@ -210,8 +220,8 @@ def take(
             error=target.error,
             timeout_s=deadline.seconds,
         )
-    proc = procfs or ProcFS()
-    warnings: list[str] = []
+    proc = proc or system.backend()
+    warnings: list[Finding] = []
     cut: list[str] = []
     own = proc.own_files() if own is None else own
     dbs = []
@@ -241,9 +251,9 @@ def take(
         deadline.stage = "reading the -wal, -shm and -journal headers"
         for db in dbs:
             _read_state(db, deadline)
-        blocking = _blocking_pids(dbs)
+        blocking = _worth_a_window(dbs, decide)
         used = window
-        if (blocking is not None or owners) and window > 0:
+        if (blocking or owners) and window > 0:
             used = _sample_window(proc, dbs, warnings, window, deadline, owners, owner_looks)
             if used < window:
                 cut.append(f"the window ({seconds(used)} s of {seconds(window)} s)")
@@ -254,18 +264,16 @@ def take(
             db.fds.clear()
     _confirm_deleted(proc, dbs)
     if uninspected:
-        warnings.append(
-            f"{uninspected} process{'es' if uninspected != 1 else ''} could not be inspected "
-            "(permission denied on /proc/PID/fd): run as their user or as root to see their files"
-        )
+        warnings.append(Finding(FindingKind.UNINSPECTED, count=uninspected))
     databases = []
     for db in dbs:
         snap = _finish(proc, db)
-        warnings.extend(_state_warnings(snap))
         if use_probe and snap.exists and not snap.error:
             deadline.stage = f"probing {db.path} with SQLite"
-            snap = snap._replace(probe=_probe(snap, db.own, busy_timeout, deadline, probe_live))
-            if snap.probe and snap.probe.result == "timeout":
+            snap = snap._replace(
+                probe=_probe(snap, db.own, busy_timeout, deadline, probe_live, decide)
+            )
+            if snap.probe and snap.probe.result is ProbeResult.TIMEOUT:
                 cut.append("the SQLite probe")
         databases.append(snap)
     if oc is not None:
@@ -299,7 +307,7 @@ def _index_lock_keys(oc: OpencodeState) -> dict[FileKey, str]:
     return keys
 
 
-def _look_at(proc: ProcFS, pids: Iterable[int], threads: bool) -> Observation:
+def _look_at(proc: Backend, pids: Iterable[int], threads: bool) -> Observation:
     """The state of some processes (opencode's lock owners) at one moment: no locks."""
     procs = []
     for pid in pids:
@@ -311,9 +319,9 @@ def _look_at(proc: ProcFS, pids: Iterable[int], threads: bool) -> Observation:
 
 
 def _sample_window(
-    proc: ProcFS,
+    proc: Backend,
     dbs: list[_Db],
-    warnings: list[str],
+    warnings: list[Finding],
     window: float,
     deadline: Deadline,
     owners: list[int],
@@ -341,14 +349,19 @@ def _sample_window(
 
 
 def _probe(
-    snap: DatabaseSnapshot, own: bool, busy_timeout: float, deadline: Deadline, live: bool
+    snap: DatabaseSnapshot,
+    own: bool,
+    busy_timeout: float,
+    deadline: Deadline,
+    live: bool,
+    decide: Decide | None,
 ) -> Probe:
     if own:
         return probe.skipped(
             "this process has the database open (a SQLite connection?): a second connection"
             " in the same process would share its locks"
         )
-    how, why = probe.plan(snap, live)
+    how, why = probe.plan(snap, live, decide(snap) if decide else None)
     if how is None:
         return probe.skipped(why)
     if odd := next((f for f in snap.files if f.not_regular), None):
@@ -361,7 +374,7 @@ def _probe(
 # -- files ------------------------------------------------------------------------------------
 
 
-def _open(path: str, own: frozenset[FileKey], warnings: list[str]) -> _Db:
+def _open(path: str, own: frozenset[FileKey], warnings: list[Finding]) -> _Db:
     """Stat the database and its side files; open them read-only (db and -shm for F_GETLK too).
 
     A file that this process has open already (`own`: a SQLite connection of the program that
@@ -400,17 +413,13 @@ def _open(path: str, own: frozenset[FileKey], warnings: list[str]) -> _Db:
             fd, st = open_regular(side, own)
         except OpenInThisProcess:
             db.own = True
-            warnings.append(
-                f"{side} is open in sqlprobe's own process (a SQLite connection?): not "
-                "opened, because closing a descriptor would drop that connection's locks;"
-                " its own locks are not reported"
-            )
+            warnings.append(Finding(FindingKind.OWN_FILE, side))
             continue
         except CannotInspect as err:
             if kind is FileKind.DB:
                 db.error = str(err)
             else:
-                warnings.append(f"{err} (not read)")
+                warnings.append(Finding(FindingKind.SIDE_FILE_UNREADABLE, side, detail=err.problem))
             continue
         db.fds[kind] = fd
         db.sizes[kind] = st.st_size
@@ -486,78 +495,11 @@ def _header_set_at(path: str) -> bool:
         os.close(fd)
 
 
-def _state_warnings(db: DatabaseSnapshot) -> list[str]:
-    """What the side files say that a person should know, one line each, naming the file."""
-    out = []
-    paths = {f.kind: f.path for f in db.files}
-    present = {f.kind for f in db.files if f.key is not None}
-    if FileKind.DB not in present and db.error is None:
-        fate = {
-            FileKind.WAL: "delete this file (its contents are lost)",
-            FileKind.SHM: "rebuild this file",
-            FileKind.JOURNAL: "delete this file",
-        }
-        odd = {f.kind for f in db.files if f.not_regular}  # the verdict speaks of these
-        for kind in sorted(present - odd, key=list(FileKind).index):
-            out.append(
-                f"{paths[kind]} exists without its database: a new instance would create the"
-                f" database and {fate[kind]}"
-            )
-    if db.hot_journal:
-        out.append(
-            f"{paths[FileKind.JOURNAL]} is a hot journal: a writer died mid-transaction; the next"
-            " opener must roll it back, which needs an exclusive lock on the database"
-        )
-    wal = db.wal
-    if wal is not None:
-        if wal.problem:
-            out.append(f"{paths[FileKind.WAL]}: {wal.problem}: SQLite ignores its contents")
-        if tail := _partial_frame(wal):
-            out.append(
-                f"{paths[FileKind.WAL]}: ends in a partial frame ({tail} bytes, a write cut"
-                " short) right after its last valid frame: SQLite ignores it"
-            )
-        if wal.scan and wal.scan.uncommitted:
-            out.append(
-                f"{paths[FileKind.WAL]}: {wal.scan.uncommitted} frame(s) after the last commit"
-                " (a transaction being written, or cut short by a crash): not counted"
-            )
-        if wal.scan and wal.scan.verified < wal.scan.frames:
-            out.append(
-                f"{paths[FileKind.WAL]}: checksums verified for {wal.scan.verified} of"
-                f" {wal.scan.frames} frames within the time budget; the rest counted by their"
-                " salts and commit markers"
-            )
-        if wal.index_problem and wal.index is IndexState.STALE:
-            out.append(
-                f"{paths[FileKind.SHM]}: {wal.index_problem}; nobody has it open, so the next"
-                " opener rebuilds it from the WAL"
-            )
-        elif wal.index_problem and wal.index is IndexState.INVALID:
-            out.append(
-                f"{paths[FileKind.SHM]}: {wal.index_problem}, although a live process holds it:"
-                " a new instance would have to run WAL recovery"
-            )
-    return out
-
-
-def _partial_frame(wal: WalState) -> int:
-    """Bytes of a frame cut short right after the walked frames (a crash mid-write), or 0.
-
-    A tail further on is not reported: truncating to journal_size_limit leaves one routinely.
-    """
-    if not (wal.header and wal.scan):
-        return 0
-    frame_size = wal.header.page_size + WAL_FRAME_HEADER_SIZE
-    end = WAL_HEADER_SIZE + (wal.scan.frames + wal.scan.uncommitted) * frame_size
-    return wal.size - end if 0 < wal.size - end < frame_size else 0
-
-
 # -- holders ----------------------------------------------------------------------------------
 
 
 def _find_openers(
-    proc: ProcFS, dbs: list[_Db], thorough: bool, watch: Mapping[FileKey, str]
+    proc: Backend, dbs: list[_Db], thorough: bool, watch: Mapping[FileKey, str]
 ) -> tuple[int, int, dict[FileKey, set[int]]]:
     """Record, per database, which processes have which of its files open.
 
@@ -582,13 +524,13 @@ def _find_openers(
         for kind, fd in db.fds.items():
             with contextlib.suppress(NoSuchProcess, AccessDenied):
                 db.aliases[proc.fd_key(proc.self_pid, fd)] = kind
-    ours = {pid for pid in {pid for pid, _fd, _link in scan.found} if proc.is_sqlprobe(pid)}
+    ours = {pid for pid in {d.pid for d in scan.found} if proc.is_sqlprobe(pid)}
     watched: dict[FileKey, set[int]] = {}
-    for pid, fd, link in scan.found:
+    for pid, fd, target, deleted in scan.found:
         if pid in ours:
             continue  # another sqlprobe looking (its read-only descriptors hold nothing)
-        if link.endswith(DELETED_SUFFIX):
-            found = paths.get(link.removesuffix(DELETED_SUFFIX))
+        if deleted:
+            found = paths.get(target)
             if found:
                 found[0].deleted[(pid, fd)] = found[1]
                 found[0].openers.setdefault(pid, set()).add(found[1])
@@ -626,40 +568,47 @@ def _skippable(dbs: list[_Db]) -> tuple[Gate, ...]:
     return tuple(gates) if rules_out_others(tuple(gates)) else ()
 
 
-def _confirm_deleted(proc: ProcFS, dbs: list[_Db]) -> None:
+def _confirm_deleted(proc: Backend, dbs: list[_Db]) -> None:
     """Keep only the deleted files still held at the end: the last connection to close a WAL
     database unlinks -wal and -shm a moment before it closes them, a step, not a state."""
     for db in dbs:
         for (pid, fd), _kind in list(db.deleted.items()):
             try:
-                still = proc.fd_link(pid, fd).endswith(DELETED_SUFFIX)
+                still = proc.descriptor(pid, fd).deleted
             except (NoSuchProcess, AccessDenied):
                 still = False
             if not still:
                 del db.deleted[(pid, fd)]
 
 
-def _blocking_pids(dbs: list[_Db]) -> set[int | None] | None:
-    """The pids holding a lock a new instance needs at the first look; None when there is none."""
-    pids: set[int | None] = set()
-    found = False
+def _worth_a_window(dbs: list[_Db], decide: Decide | None) -> bool:
+    """Whether the first look shows a lock that the window must tell from a passing step: one
+    that `decide` says a new instance would meet (without it, any lock)."""
     for db in dbs:
-        locks = db.observations[-1].locks
-        mode = effective_mode(db.header.journal_mode if db.header else JournalMode.UNKNOWN, locks)
-        for lock in locks:
-            if outcome(lock, mode) is not None:
-                found = True
-                pids.add(lock.pid)
-    return pids if found else None
+        if not db.observations or not db.observations[-1].locks:
+            continue
+        if decide is None:
+            return True
+        if any(e.outcome is not None for e in decide(_so_far(db)).locks):
+            return True
+    return False
+
+
+def _so_far(db: _Db) -> DatabaseSnapshot:
+    """What has been seen of `db` until now, for the judge's decision: files, header, looks."""
+    return DatabaseSnapshot(
+        db.path, db.exists, tuple(db.files), db.header, db.size, db.error,
+        observations=tuple(db.observations),
+    )  # fmt: skip
 
 
 # -- observing --------------------------------------------------------------------------------
 
 
 def _observe(
-    proc: ProcFS,
+    proc: Backend,
     dbs: list[_Db],
-    warnings: list[str],
+    warnings: list[Finding],
     threads_of: set[int | None] | None,
     fdinfo: bool = False,
 ) -> None:
@@ -674,18 +623,19 @@ def _observe(
     found = [_locks_from_lines(db, lines, warnings, source) for db in dbs]
     hidden = [_hidden_locks(db, locks) for db, locks in zip(dbs, found, strict=True)]
     if not complete and any(lk.pid for more in hidden for lk in more):
-        # F_GETLK saw a holder that the holders' fdinfo did not explain: ask /proc/locks.
-        lines, bad = proc.locks()
-        complete = True
-        found = [_locks_from_lines(db, lines, warnings) for db in dbs]
-        hidden = [_hidden_locks(db, locks) for db, locks in zip(dbs, found, strict=True)]
+        # F_GETLK saw a holder that the holders' fdinfo did not explain: ask /proc/locks
+        # (where the platform has a lock table; else F_GETLK's answers are all there is).
+        table = proc.locks()
+        if table is not None:
+            lines, bad = table
+            complete = True
+            found = [_locks_from_lines(db, lines, warnings) for db in dbs]
+            hidden = [_hidden_locks(db, locks) for db, locks in zip(dbs, found, strict=True)]
     waits: tuple[tuple[int, int], ...] | None = None
     if complete:
-        from sqlprobe.judge.health import wait_edges  # only when there are locks to relate
-
         waits = wait_edges(lines)
     if bad:
-        warnings.append(f"{bad} line(s) of /proc/locks could not be parsed")
+        warnings.append(Finding(FindingKind.UNPARSED_LOCK_LINES, count=bad))
     for db, locks, more in zip(dbs, found, hidden, strict=True):
         # Another sqlprobe's lock (a probe's read) is a look, never a holder's.
         locks = [lk for lk in locks + more if not (lk.pid and proc.is_sqlprobe(lk.pid))]
@@ -712,7 +662,7 @@ def _change(db: _Db) -> bytes | None:
     return out or None
 
 
-def _lock_lines(proc: ProcFS, dbs: list[_Db], fdinfo: bool) -> tuple[list[LockLine], int, bool]:
+def _lock_lines(proc: Backend, dbs: list[_Db], fdinfo: bool) -> tuple[list[LockLine], int, bool]:
     """The lock lines to decode, their count of unparsable lines, and whether they are the
     whole of /proc/locks (False: only the holders' own, from fdinfo).
 
@@ -731,13 +681,16 @@ def _lock_lines(proc: ProcFS, dbs: list[_Db], fdinfo: bool) -> tuple[list[LockLi
             for db in dbs:
                 for pid, fd, kind in db.opener_fds:
                     if kind in (FileKind.DB, FileKind.SHM) and pid != proc.self_pid:
-                        for line in proc.fd_locks(pid, fd):
+                        for line in proc.fd_locks(pid, fd) or ():
                             same = (line.pid, line.file, line.range, line.exclusive)
                             lines[(*same, line.lock_class)] = line
             return list(lines.values()), 0, False
         except (NoSuchProcess, AccessDenied):
             pass  # gone or forbidden since the scan: /proc/locks it is
-    lines_all, bad = proc.locks()
+    table = proc.locks()
+    if table is None:  # no lock table on this platform: F_GETLK's answers are all there is
+        return [], 0, False
+    lines_all, bad = table
     return lines_all, bad, True
 
 
@@ -759,7 +712,7 @@ def _any_lock(dbs: list[_Db]) -> bool:
 
 
 def _locks_from_lines(
-    db: _Db, lines: Iterable[LockLine], warnings: list[str], source: str = "proc-locks"
+    db: _Db, lines: Iterable[LockLine], warnings: list[Finding], source: str = "proc-locks"
 ) -> list[Lock]:
     locks: list[Lock] = []
     for line in lines:
@@ -769,16 +722,13 @@ def _locks_from_lines(
     return locks
 
 
-def _inode_fallback(db: _Db, line: LockLine, warnings: list[str]) -> FileKind | None:
+def _inode_fallback(db: _Db, line: LockLine, warnings: list[Finding]) -> FileKind | None:
     """btrfs and overlayfs may print a device number other than st_dev (sqlite-locking.md §3):
     accept an inode-only match when that very process has that file open."""
     kind = next((f.kind for f in db.files if f.key and f.key.ino == line.file.ino), None)
     if kind is None or kind not in db.openers.get(line.pid, ()):
         return None
-    warnings.append(
-        f"{db.path}: /proc/locks shows another device number for the database's files"
-        " (btrfs or overlayfs?); matched by inode and open descriptors"
-    )
+    warnings.append(Finding(FindingKind.INODE_ONLY_MATCH, db.path))
     return kind
 
 
@@ -794,8 +744,8 @@ def _hidden_locks(db: _Db, seen: list[Lock]) -> list[Lock]:
             if answer is None:
                 continue
             exclusive, got, pid = answer
-            if name == "shared" and exclusive:
-                name = "exclusive"
+            if name is LockName.SHARED and exclusive:
+                name = LockName.EXCLUSIVE
             mode = Mode.EXCLUSIVE if exclusive else Mode.SHARED
             explained = pid != 0 and any(
                 lk.file is kind
@@ -815,7 +765,7 @@ def _hidden_locks(db: _Db, seen: list[Lock]) -> list[Lock]:
 # -- finishing ----------------------------------------------------------------------------------
 
 
-def _finish(proc: ProcFS, db: _Db) -> DatabaseSnapshot:
+def _finish(proc: Backend, db: _Db) -> DatabaseSnapshot:
     others = _other_names(proc, db) if db.observations else ()  # may add openers: first
     return DatabaseSnapshot(
         path=db.path,
@@ -835,7 +785,7 @@ def _finish(proc: ProcFS, db: _Db) -> DatabaseSnapshot:
     )
 
 
-def _other_names(proc: ProcFS, db: _Db) -> tuple[OtherName, ...]:
+def _other_names(proc: Backend, db: _Db) -> tuple[OtherName, ...]:
     """The paths other than the database's own by which processes have it open, each with the
     -wal and -shm of that path that the process has open and that are not the database's:
     SQLite names them after the path it opened, so a process using a hard link (or a bind
@@ -848,9 +798,9 @@ def _other_names(proc: ProcFS, db: _Db) -> tuple[OtherName, ...]:
     texts and fdinfo are read, never a file of theirs (a hung mount cannot hold this up).
     Called before `_holders`, which then lists such a process with the database open.
     """
-    fds_of: dict[int, list[tuple[int, str]]] = {}
+    fds_of: dict[int, list[Descriptor]] = {}
 
-    def fds(pid: int) -> list[tuple[int, str]]:
+    def fds(pid: int) -> list[Descriptor]:
         if pid not in fds_of:
             try:
                 fds_of[pid] = proc.fds(pid)
@@ -868,8 +818,8 @@ def _other_names(proc: ProcFS, db: _Db) -> tuple[OtherName, ...]:
     for pid in sorted({lk.pid for lk in first.locks if lk.file is FileKind.DB and lk.pid}):
         if pid in db.openers or pid in db.unreadable or pid == proc.self_pid:
             continue
-        for fd, link in fds(pid):
-            if link.startswith("/") and (k := key(pid, fd)) and db.kind_of(k) is FileKind.DB:
+        for _pid, fd, target, _deleted in fds(pid):
+            if target.startswith("/") and (k := key(pid, fd)) and db.kind_of(k) is FileKind.DB:
                 db.openers.setdefault(pid, set()).add(FileKind.DB)
                 db.opener_fds.append((pid, fd, FileKind.DB))
     found: dict[tuple[int, str], OtherName] = {}
@@ -877,13 +827,18 @@ def _other_names(proc: ProcFS, db: _Db) -> tuple[OtherName, ...]:
         if what is not FileKind.DB:
             continue
         try:
-            link = proc.fd_link(pid, fd)
+            now = proc.descriptor(pid, fd)
         except (NoSuchProcess, AccessDenied, OSError):
             continue  # closed since
-        if link == db.path or link.endswith(DELETED_SUFFIX) or (pid, link) in found:
+        link = now.target
+        if link == db.path or now.deleted or (pid, link) in found:
             continue
         sides = {link + k.suffix: k for k in (FileKind.WAL, FileKind.SHM)}
-        theirs = [(name, k) for f, name in fds(pid) if name in sides and (k := key(pid, f))]
+        theirs = [
+            (d.target, k)
+            for d in fds(pid)
+            if not d.deleted and d.target in sides and (k := key(pid, d.fd))
+        ]
         own = [name for name, k in theirs if db.kind_of(k) is None]
         if theirs and not own:
             continue  # the database's own -wal and -shm: its directory by another path
@@ -892,14 +847,10 @@ def _other_names(proc: ProcFS, db: _Db) -> tuple[OtherName, ...]:
     return tuple(found.values())
 
 
-def _holders(proc: ProcFS, db: _Db) -> Iterable[Holder]:
+def _holders(proc: Backend, db: _Db) -> Iterable[Holder]:
     first = db.observations[0]
     pids = set(db.openers) | {lk.pid for lk in first.locks if lk.pid}
     pids.discard(proc.self_pid)
-    try:
-        uptime = proc.uptime()
-    except OSError:
-        uptime = None
     for pid in sorted(pids):
         sample = first.proc(pid)
         yield Holder(
@@ -908,12 +859,46 @@ def _holders(proc: ProcFS, db: _Db) -> Iterable[Holder]:
             uid=(uid := quietly(proc.uid, pid)),
             user=user_name(uid),
             files=tuple(k for k in FileKind if k in db.openers.get(pid, ())),
-            age_s=_age(sample, uptime, proc.clock_ticks),
+            age_s=None if sample is None else proc.age(sample),
             fds_readable=pid not in db.unreadable,
         )
 
 
-def _age(sample: ProcSample | None, uptime: float | None, hz: int) -> float | None:
-    if sample is None or uptime is None:
+# -- the cheap look ----------------------------------------------------------------------------
+
+
+def quick_locks(proc: Backend, db: DatabaseSnapshot) -> tuple[Lock, ...] | None:
+    """The locks on `db`'s database and -shm (and -journal) in the lock table alone, matched by
+    the (device, inode) its snapshot found: `wait`'s cheap poll between full checks. Another
+    sqlprobe's and this process's own are left out. None when the table cannot be read."""
+    try:
+        table = proc.locks()
+    except OSError:
         return None
-    return max(0.0, round(uptime - sample.start_ticks / hz, 2))
+    if table is None:  # no lock table on this platform
+        return None
+    lines, _bad = table
+    keys = {f.key: f.kind for f in db.files if f.key is not None and f.kind is not FileKind.WAL}
+    return tuple(
+        lock
+        for line in lines
+        if line.file in keys and line.pid != proc.self_pid and not proc.is_sqlprobe(line.pid)
+        for lock in decode(keys[line.file], line)
+    )
+
+
+def wait_edges(lines: Iterable[LockLine]) -> tuple[tuple[int, int], ...]:
+    """(waiter pid, holder pid) for every `->` line of /proc/locks whose pids are known."""
+    lines = list(lines)
+    holders: dict[int, set[int]] = {}
+    for line in lines:
+        if not line.waiter and line.pid > 0:
+            holders.setdefault(line.lock_id, set()).add(line.pid)
+    edges = {
+        (line.pid, holder)
+        for line in lines
+        if line.waiter and line.pid > 0
+        for holder in holders.get(line.lock_id, ())
+        if holder != line.pid
+    }
+    return tuple(sorted(edges))

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlprobe.judge.opencode import LockVerdict
-from sqlprobe.opencode.flock import key_words
+from sqlprobe.model import Diagnosis, HolderDetails
+from sqlprobe.opencode.locks import key_words
 from sqlprobe.text import duration, safe, shorten, wrap
-from sqlprobe.workflows.diagnose import Diagnosis, HolderDetails
+from sqlprobe.verdict.opencode import LockVerdict
 
 STACK_LINES = 12
 

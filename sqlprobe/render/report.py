@@ -1,7 +1,8 @@
-"""Output: the JSON document and the human report, both views of one Snapshot and its Verdict.
+"""The human report: the verdict line, a table per database, warnings, what to do.
 
-JSON is built from the records, never from table cells. Text from other processes (command
-lines, paths) goes through `text.safe` before it reaches a terminal.
+The tables are views of the row model (rows.py), as the JSON document is (document.py). Text
+from other processes (command lines, paths) goes through `text.safe` before it reaches a
+terminal.
 """
 
 from __future__ import annotations
@@ -9,30 +10,23 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlprobe.judge.health import Health, health, likely_waiting, persistent_edges, waits_on
-from sqlprobe.judge.opencode import LockVerdict, OpencodeVerdict
-from sqlprobe.judge.verdict import Blocker, DatabaseVerdict, State, Verdict, skipped_caveat
 from sqlprobe.model import (
     DatabaseSnapshot,
-    DbHeader,
-    FileKind,
     IndexState,
     JournalMode,
-    Lock,
-    Mode,
     OpencodeState,
     Probe,
     ProbeResult,
     Snapshot,
     WalState,
 )
-from sqlprobe.opencode.flock import key_words
 from sqlprobe.opencode.paths import tildify
-from sqlprobe.sqlite.effects import outcome
-from sqlprobe.sqlite.locks import WAL_FRAME_HEADER_SIZE
+from sqlprobe.render.document import all_warnings, lag_bytes
+from sqlprobe.render.rows import DatabaseRows, LockRow, all_rows, opencode_rows
+from sqlprobe.render.table import fitted
 from sqlprobe.text import duration, safe, shell_quote, short_command, wrap
-
-SCHEMA = 1
+from sqlprobe.verdict.judge import Blocker, State, Verdict, skipped_caveat
+from sqlprobe.verdict.opencode import LockVerdict
 
 COLOURS = {
     State.CLEAR: "green",
@@ -41,252 +35,6 @@ COLOURS = {
     State.STUCK: "red",
     State.ERROR: "red",
 }
-
-
-# -- JSON ---------------------------------------------------------------------------------------
-
-
-def to_json(snapshot: Snapshot, verdict: Verdict) -> dict[str, Any]:
-    """The `--json` document (schema 1, documented in the README; extend it, never break it)."""
-    doc: dict[str, Any] = {
-        "schema": SCHEMA,
-        "target": snapshot.target,
-        "verdict": verdict.state.value,
-        "exit_code": int(verdict.exit_code),
-        "reason": verdict.reason,
-        "databases": [
-            _database_json(db, dv)
-            for db, dv in zip(snapshot.databases, verdict.databases, strict=True)
-        ],
-        "uninspected_processes": snapshot.uninspected_processes,
-        "skipped_processes": snapshot.skipped_processes,
-        "thorough": snapshot.thorough,
-        "warnings": all_warnings(snapshot, verdict),
-        "window": {"seconds": snapshot.window_s, "samples": snapshot.samples},
-        "timeout": {"seconds": snapshot.timeout_s, "cut_short": list(snapshot.cut_short)},
-        "opencode_locks": [_oclock_json(v, snapshot.opencode) for v in _lock_verdicts(verdict)],
-        "opencode": _opencode_json(snapshot.opencode, verdict.opencode),
-    }
-    if snapshot.note:
-        doc["note"] = snapshot.note
-    return doc
-
-
-def all_warnings(snapshot: Snapshot, verdict: Verdict) -> list[str]:
-    """The snapshot's warnings, what the databases' files say (a hard link, a side file that
-    is not a regular one), then what opencode's state says (stale locks, index.lock...)."""
-    files = [w for dv in verdict.databases for w in dv.warnings]
-    extra = list(verdict.opencode.warnings) if verdict.opencode else []
-    return list(dict.fromkeys([*snapshot.warnings, *files, *extra]))
-
-
-def _lock_verdicts(verdict: Verdict) -> tuple[LockVerdict, ...]:
-    return verdict.opencode.locks if verdict.opencode else ()
-
-
-def _oclock_json(v: LockVerdict, state: OpencodeState | None) -> dict[str, Any]:
-    meta = v.lock.meta
-    found = state.owner(meta.pid if meta else None) if state else None
-    return {
-        "path": v.lock.path,
-        "key": v.lock.key,
-        "description": key_words(v.lock.key, state.home if state else ""),
-        "pid": meta.pid if meta else None,
-        "hostname": meta.hostname if meta else None,
-        "alive": v.alive,
-        "command": found.command if found and found.alive else None,
-        "held_s": v.held_s,
-        "heartbeat_age_s": v.heartbeat_age_s,
-        "state": v.state,
-        "needed_at_startup": v.needed,
-        "blocks": v.blocks,
-        "wait_s": v.wait_s,
-        "stuck": v.stuck,
-        "breaker_age_s": None
-        if v.lock.breaker_mtime is None or state is None
-        else round(max(0.0, state.now - v.lock.breaker_mtime), 1),
-        "problem": v.lock.problem,
-        "reason": v.reason,
-    }
-
-
-def _opencode_json(state: OpencodeState | None, ov: OpencodeVerdict | None) -> Any:
-    if state is None:
-        return None
-    return {
-        "state_dir": state.state_dir,
-        "locks_dir": state.locks_dir,
-        "version": state.version,
-        "version_source": state.version_source,
-        "startup_keys": list(ov.startup_keys) if ov else [],
-        "index_locks": [
-            {
-                "path": lk.path,
-                "age_s": None if lk.mtime is None else round(max(0.0, state.now - lk.mtime), 1),
-                "openers": list(lk.openers),
-            }
-            for lk in state.index_locks
-        ],
-        "zombie_children": [
-            {"parent": z.parent, "pid": z.pid, "command": z.command} for z in state.zombies
-        ],
-    }
-
-
-def _database_json(db: DatabaseSnapshot, dv: DatabaseVerdict) -> dict[str, Any]:
-    first = db.observations[0] if db.observations else None
-    last = db.observations[-1] if db.observations else None
-    locks = first.locks if first else ()
-    # Waiters are known only where /proc/locks was read: the first look may have used fdinfo.
-    listed = next((o for o in reversed(db.observations) if o.waits is not None), None)
-    waiting = [lk for lk in (listed.locks if listed else ()) if lk.waiter]
-    holders = []
-    edges = persistent_edges(db.observations)
-    for h in db.holders:
-        sample = last.proc(h.pid) if last else None
-        mine = [lk for lk in locks if lk.pid == h.pid and not lk.waiter]
-        stuck = next((b.stuck for b in dv.blockers if b.lock.pid == h.pid and b.stuck), None)
-        holders.append(
-            {
-                "pid": h.pid,
-                "command": h.command,
-                "user": h.user,
-                "uid": h.uid,
-                "state": sample.state if sample else None,
-                "age_s": h.age_s,
-                "cpu_s": round(sample.cpu_s, 2) if sample else None,
-                "files": [k.value for k in h.files],
-                "fds_readable": h.fds_readable,
-                "locks": [_lock_json(lk, dv) for lk in mine],
-                "waiting_for": [_lock_json(lk, dv) for lk in waiting if lk.pid == h.pid],
-                "waiting_on": waits_on(h.pid, edges),
-                "likely_waiting_on": _likely(db, dv, h.pid),
-                "health": _health_json(health(h.pid, db.observations)),
-                "stuck": stuck,
-            }
-        )
-    return {
-        "path": db.path,
-        "exists": db.exists,
-        "verdict": dv.state.value,
-        "reason": dv.reason,
-        "journal_mode": dv.journal_mode.value,
-        "size": db.size,
-        "files": {f.kind.value: f.key is not None for f in db.files},
-        "not_regular": {f.kind.value: f.not_regular for f in db.files if f.not_regular},
-        "links": db.links,
-        "other_names": [
-            {"pid": o.pid, "path": o.path, "side_files": list(o.side_files)} for o in db.other_names
-        ],
-        "header": _header_json(db.header),
-        "wal": _wal_json(db.wal),
-        "hot_journal": db.hot_journal,
-        "deleted_open": [{"pid": pid, "file": kind.value} for pid, kind in db.deleted_open],
-        "probe": _probe_json(db.probe),
-        "holders": holders,
-        "unattributed_locks": [_lock_json(lk, dv) for lk in locks if lk.pid is None],
-        "blockers": [
-            {
-                "pid": b.lock.pid,
-                "file": b.lock.file.value,
-                "lock": b.lock.name,
-                "mode": b.lock.mode.value,
-                "outcome": b.outcome.name.lower(),
-                "stuck": b.stuck,
-            }
-            for b in dv.blockers
-        ],
-    }
-
-
-def _likely(db: DatabaseSnapshot, dv: DatabaseVerdict, pid: int) -> list[int]:
-    """The blockers `pid` is likely waiting on: an inference from nanosleep (health.py)."""
-    blockers = sorted({b.lock.pid for b in dv.blockers if b.lock.pid and b.lock.pid != pid})
-    if not blockers or not likely_waiting(pid, db.observations):
-        return []
-    return blockers
-
-
-def _health_json(h: Health | None) -> dict[str, Any] | None:
-    if h is None:
-        return None
-    return {
-        "states": h.states,
-        "samples": h.samples,
-        "threads": h.threads,
-        "thread_summary": h.thread_summary,
-        "window_cpu_s": h.cpu_s,
-        "window_switches": h.switches,
-    }
-
-
-def _header_json(header: DbHeader | None) -> dict[str, Any] | None:
-    if header is None:
-        return None
-    return {
-        "page_size": header.page_size,
-        "page_count": header.page_count,
-        "change_counter": header.change_counter,
-        "schema_cookie": header.schema_cookie,
-        "user_version": header.user_version,
-        "write_version": header.write_version,
-        "read_version": header.read_version,
-    }
-
-
-def _wal_json(wal: WalState | None) -> dict[str, Any] | None:
-    if wal is None:
-        return None
-    return {
-        "frames": wal.frames,
-        "backfilled": wal.backfilled,
-        "lag_frames": wal.lag_frames,
-        "bytes": lag_bytes(wal),
-        "page_size": wal.page_size,
-        "checkpoint_seq": wal.header.checkpoint_seq if wal.header else None,
-        "index": wal.index.value,
-        "counted_from": wal.counted_from,
-        "verified_frames": wal.scan.verified if wal.scan else None,
-        "uncommitted_frames": wal.scan.uncommitted if wal.scan else None,
-        "read_marks": list(wal.shm.read_marks) if wal.shm else None,
-        "backfill_attempted": wal.shm.backfill_attempted if wal.shm else None,
-        "file_size": wal.size,
-        "problem": wal.problem,
-        "index_problem": wal.index_problem,
-    }
-
-
-def _probe_json(probe: Probe | None) -> dict[str, Any] | None:
-    if probe is None:
-        return None
-    return {
-        "result": probe.result,
-        "how": probe.how,
-        "detail": probe.detail,
-        "elapsed_s": probe.elapsed_s,
-        "journal_mode": probe.journal_mode,
-        "page_count": probe.page_count,
-        "user_version": probe.user_version,
-    }
-
-
-def lag_bytes(wal: WalState) -> int:
-    """Bytes of the WAL not yet checkpointed: whole frames, header and page."""
-    return wal.lag_frames * ((wal.page_size or 0) + WAL_FRAME_HEADER_SIZE)
-
-
-def _lock_json(lock: Lock, dv: DatabaseVerdict) -> dict[str, Any]:
-    return {
-        "file": lock.file.value,
-        "lock": lock.name,
-        "mode": lock.mode.value,
-        "start": lock.range.start,
-        "end": lock.range.end,
-        "class": lock.lock_class,
-        "source": lock.source,
-        "persisted": lock.identity in dv.persisted,
-        "blocks": outcome(lock, dv.journal_mode) is not None,
-    }
 
 
 # -- human ----------------------------------------------------------------------------------------
@@ -314,7 +62,8 @@ def human(
     out = wrap(f"{word}: {verdict.reason}", width, hang="  ")
     out[0] = style(word, fg=COLOURS[verdict.state], bold=True) + out[0][len(word) :]
     windowed = snapshot.samples > 1
-    for db, dv in zip(snapshot.databases, verdict.databases, strict=True):
+    rows = all_rows(snapshot, verdict)
+    for db, dv, dr in zip(snapshot.databases, verdict.databases, rows, strict=True):
         if not db.exists or (db.error and len(snapshot.databases) == 1):
             continue  # the verdict line already says all there is
         out.append("")
@@ -327,24 +76,24 @@ def human(
             out.extend(wrap(dv.reason, width, "  ", "    "))
         for line in state_lines(db):
             out.extend(wrap(line, width, "  ", "    "))
-        if db.holders:
-            out.extend(_holder_table(db, dv, windowed, width, wide))
+        if dr.holders:
+            out.extend(_holder_table(dr, windowed, width, wide))
             if windowed:
-                for line in health_lines(db, dv):
+                for line in health_lines(dr):
                     out.extend(wrap(line, width, "  ", "    "))
-        hidden = [lk for lk in (db.observations[0].locks if db.observations else ()) if not lk.pid]
-        if hidden:
-            cells = ", ".join(_lock_cell(lk, dv, windowed) for lk in hidden)
+        if dr.unattributed:
+            cells = ", ".join(r.cell_in(windowed) for r in dr.unattributed)
             out.extend(
                 wrap(f"locks whose holder sqlprobe cannot see: {cells}", width, "  ", "    ")
             )
     if snapshot.opencode is not None and verdict.opencode is not None:
         out.append("")
-        out.extend(opencode_lines(snapshot.opencode, verdict.opencode, width, wide))
-    legend = _legend(snapshot, verdict, windowed)
+        out.extend(opencode_lines(snapshot.opencode, verdict, width, wide))
+    legend = _legend(rows, windowed)
     if legend:
         out.append("")
-        out.extend(legend)
+        for line in legend:  # said as `  * what it means`, wrapped under its words
+            out.extend(wrap(line.strip(), width, "  ", "    "))
     if snapshot.skipped_processes:
         n = snapshot.skipped_processes
         out.extend(wrap(f"not scanned: {n} {skipped_caveat(n)}", width, hang="  "))
@@ -361,36 +110,34 @@ def human(
 
 
 def opencode_lines(
-    state: OpencodeState, ov: OpencodeVerdict, width: int | None = None, wide: bool = False
+    state: OpencodeState, verdict: Verdict, width: int | None = None, wide: bool = False
 ) -> list[str]:
     """opencode's lock directories: one row each, and which opencode the verdict assumed."""
     where = safe(tildify(state.locks_dir, state.home))
     version = f"opencode {state.version}" if state.version else "opencode (version unknown)"
-    if not ov.locks:
+    locks = opencode_rows(verdict, state)
+    if not locks:
         return [f"opencode's locks: none in {where}"]
     rows = []
-    for v in ov.locks:
-        meta = v.lock.meta
-        found = state.owner(meta.pid if meta else None)
-        if v.blocks:
-            blocks = f"~{v.wait_s:.0f}s" if v.wait_s is not None else v.verdict.value
-        else:
-            blocks = "no"
+    for r in locks:
+        blocks = "no"
+        if r.blocks:
+            blocks = f"~{r.wait_s:.0f}s" if r.wait_s is not None else r.verdict
         rows.append(
             [
-                v.state,
-                meta.pid if meta and meta.pid else "?",
-                duration(v.held_s),
-                duration(v.heartbeat_age_s),
+                r.state,
+                r.pid if r.pid else "?",
+                duration(r.held_s),
+                duration(r.heartbeat_age_s),
                 blocks,
-                key_words(v.lock.key, state.home).removeprefix("opencode's "),
-                _command(found.command, wide) if found and found.alive else "-",
+                r.description.removeprefix("opencode's "),
+                _command(r.command, wide) if r.command is not None else "-",
             ]
         )
     headers = ["STATE", "PID", "HELD", "HEARTBEAT", "BLOCKS", "LOCK", "COMMAND"]
     steps = [("wrap", "LOCK"), ("drop", "HEARTBEAT"), ("drop", "HELD")]
     head = wrap(f"opencode's locks in {where} (judged for {version}):", width, hang="  ")
-    return [*head, *_fitted(headers, rows, width, steps)]
+    return [*head, *fitted(headers, rows, width, steps)]
 
 
 def state_lines(db: DatabaseSnapshot) -> list[str]:
@@ -418,12 +165,11 @@ def state_lines(db: DatabaseSnapshot) -> list[str]:
     return lines
 
 
-def health_lines(db: DatabaseSnapshot, dv: DatabaseVerdict) -> list[str]:
+def health_lines(rows: DatabaseRows) -> list[str]:
     """Per holder, what it did in the window; who waits on whom."""
     lines = []
-    edges = persistent_edges(db.observations)
-    for h in db.holders:
-        got = health(h.pid, db.observations)
+    for h in rows.holders:
+        got = h.health
         if got is None:
             continue
         words = [got.thread_summary or f"state {got.states}"]
@@ -432,12 +178,12 @@ def health_lines(db: DatabaseSnapshot, dv: DatabaseVerdict) -> list[str]:
         if got.switches is not None:
             words.append(f"scheduled {got.switches} times")
         line = f"pid {h.pid}: " + "; ".join(words)
-        if others := waits_on(h.pid, edges):
-            line += f"; waits in the kernel on {', '.join(f'pid {p}' for p in others)}"
-        if likely := _likely(db, dv, h.pid):
+        if h.waiting_on:
+            line += f"; waits in the kernel on {', '.join(f'pid {p}' for p in h.waiting_on)}"
+        if h.likely_waiting_on:
             line += (
-                f"; likely waiting on {', '.join(f'pid {p}' for p in likely)} (inferred: its"
-                " threads sleep in nanosleep, as SQLite's busy handler does)"
+                f"; likely waiting on {', '.join(f'pid {p}' for p in h.likely_waiting_on)}"
+                " (inferred: its threads sleep in nanosleep, as SQLite's busy handler does)"
             )
         lines.append(line)
     return lines
@@ -470,10 +216,10 @@ def _wal_words(wal: WalState) -> str:
 
 
 def _probe_words(probe: Probe) -> str:
-    if probe.result == ProbeResult.SKIPPED.value:
+    if probe.result is ProbeResult.SKIPPED:
         return f"skipped: {safe(probe.detail)}"
-    words = f"{probe.result} ({probe.how}, {probe.elapsed_s * 1000:.1f} ms)"
-    if probe.result == ProbeResult.OK.value:
+    words = f"{probe.said} ({probe.how}, {probe.elapsed_s * 1000:.1f} ms)"
+    if probe.result is ProbeResult.OK:
         found = [f"journal_mode {probe.journal_mode}"] if probe.journal_mode else []
         found += [_plural(probe.page_count or 0, "page"), f"user_version {probe.user_version}"]
         return f"{words}: {', '.join(found)}"
@@ -493,30 +239,24 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _holder_table(
-    db: DatabaseSnapshot, dv: DatabaseVerdict, windowed: bool, width: int | None, wide: bool
-) -> list[str]:
-    last = db.observations[-1]
-    first = db.observations[0]
-    rows = []
-    for h in db.holders:
-        sample = last.proc(h.pid)
-        locks = [lk for lk in first.locks if lk.pid == h.pid]
-        rows.append(
+def _holder_table(rows: DatabaseRows, windowed: bool, width: int | None, wide: bool) -> list[str]:
+    cells = []
+    for h in rows.holders:
+        cells.append(
             [
                 h.pid,
                 h.user or "?",
-                sample.state if sample else "?",
+                h.state or "?",
                 duration(h.age_s),
-                f"{sample.cpu_s:.2f}s" if sample else "?",
-                ",".join(k.value for k in h.files) if h.fds_readable else "?",
-                " ".join(_lock_cell(lk, dv, windowed) for lk in locks) or "-",
+                f"{h.cpu_s:.2f}s" if h.cpu_s is not None else "?",
+                ",".join(h.files) if h.fds_readable else "?",
+                " ".join(r.cell_in(windowed) for r in (*h.locks, *h.waiting_for)) or "-",
                 _command(h.command, wide) or "?",
             ]
         )
     headers = ["PID", "USER", "STATE", "AGE", "CPU", "FILES", "LOCKS", "COMMAND"]
     steps = [("drop", "FILES"), ("wrap", "LOCKS"), ("drop", "USER"), ("drop", "CPU")]
-    return _fitted(headers, rows, width, steps)
+    return fitted(headers, cells, width, steps)
 
 
 def _command(command: str, wide: bool) -> str:
@@ -524,88 +264,12 @@ def _command(command: str, wide: bool) -> str:
     return safe(command) if wide else short_command(safe(command))
 
 
-# The COMMAND column keeps at least this much before other columns go; cut to fit after that.
-MIN_COMMAND = 28
-WRAP_CELL = 24
-
-
-def _fitted(
-    headers: list[str], rows: list[list[Any]], width: int | None, steps: list[tuple[str, str]]
-) -> list[str]:
-    """A plain table, indented two spaces, whose last column is COMMAND: at `width` columns,
-    `steps` are taken in turn ("drop" a column, "wrap" one's words onto lines) until COMMAND
-    has MIN_COMMAND columns (or all it needs), then COMMAND is cut to what is left. What was
-    left out is said below the table, with how to see it."""
-    import tabulate  # only the tables need it: keep it off the --quiet path
-
-    def table(cols: list[str], cells: list[list[Any]]) -> str:
-        # Fitting a terminal, headers get no padding beyond the 2-space gap (tabulate's
-        # MIN_PADDING, a module global: restored at once).
-        padding = tabulate.MIN_PADDING
-        tabulate.MIN_PADDING = padding if width is None else 0
-        try:
-            return tabulate.tabulate(cells, headers=cols, tablefmt="plain", disable_numparse=True)
-        finally:
-            tabulate.MIN_PADDING = padding
-
-    cols, cells = list(headers), [list(r) for r in rows]
-    if width is None:
-        return [_indent(table(cols, cells))]
-    need = max(len(str(r[-1])) for r in cells)
-    dropped = []
-
-    def room() -> int:  # columns left for COMMAND: the indent, the others, a 2-space gap
-        rest = table(cols[:-1], [r[:-1] for r in cells])
-        return width - 2 - max(map(len, rest.splitlines())) - 2
-
-    for action, name in steps:  # wrapping loses nothing: done until COMMAND fits whole
-        if room() >= need or (action == "drop" and room() >= min(MIN_COMMAND, need)):
-            continue
-        i = cols.index(name)
-        if action == "drop":
-            dropped.append(name)
-            del cols[i]
-            for r in cells:
-                del r[i]
-        else:
-            for r in cells:
-                text = str(r[i])
-                longest = max(map(len, text.split()), default=0)
-                r[i] = "\n".join(wrap(text, max(WRAP_CELL, longest)))
-    fit = max(room(), 10)
-    cut = need > fit
-    for r in cells:
-        r[-1] = short_command(str(r[-1]), fit)
-    lines = [_indent(table(cols, cells))]
-    if dropped or cut:
-        what = [f"{', '.join(dropped)} hidden"] if dropped else []
-        what += ["commands cut"] if cut else []
-        note = f"({', '.join(what)}, to fit {width} columns: --wide shows all)"
-        lines.extend(wrap(note, width, "  ", "    "))
-    return lines
-
-
-def _lock_cell(lock: Lock, dv: DatabaseVerdict, windowed: bool) -> str:
-    """`wal-write:EX*`: name, :EX when exclusive, * when it blocks, ~ when it did not persist."""
-    text = f"{lock.file.value}:{lock.name}" if lock.file is not FileKind.SHM else lock.name
-    if lock.mode is Mode.EXCLUSIVE and lock.name != "exclusive":
-        text += ":EX"
-    if lock.waiter:
-        text = "waits:" + text
-    elif outcome(lock, dv.journal_mode) is not None:
-        text += "*" if lock.identity in dv.persisted else "~"
-    elif windowed and lock.identity not in dv.persisted:
-        text += "~"
-    return text
-
-
-def _legend(snapshot: Snapshot, verdict: Verdict, windowed: bool) -> list[str]:
-    cells = " ".join(
-        _lock_cell(lk, dv, windowed)
-        for db, dv in zip(snapshot.databases, verdict.databases, strict=True)
-        for obs in db.observations[:1]
-        for lk in obs.locks
-    )
+def _legend(rows: tuple[DatabaseRows, ...], windowed: bool) -> list[str]:
+    locks: list[LockRow] = [
+        r for dr in rows for h in dr.holders for r in (*h.locks, *h.waiting_for)
+    ]
+    locks += [r for dr in rows for r in dr.unattributed]
+    cells = " ".join(r.cell_in(windowed) for r in locks)
     lines = []
     if "*" in cells:
         lines.append("  * a lock a new instance needs, held for the whole window")
@@ -729,7 +393,3 @@ def _lock_advice(locks: tuple[LockVerdict, ...], snapshot: Snapshot, target: str
         " own lock directory"
     )
     return lines
-
-
-def _indent(text: str) -> str:
-    return "\n".join("  " + line for line in text.splitlines())

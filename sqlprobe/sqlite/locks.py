@@ -6,7 +6,7 @@ os_unix.c and wal.c. Pure: no I/O.
 
 from __future__ import annotations
 
-from sqlprobe.model import ByteRange, FileKind, Lock, LockLine, Mode
+from sqlprobe.model import ByteRange, FileKind, Lock, LockLine, LockName, Mode
 
 # Main database file (sqlite-locking.md §1).
 PENDING_BYTE = 0x40000000
@@ -43,27 +43,27 @@ SHM_VERSION = 3007000
 READ_MARK_UNUSED = 0xFFFFFFFF
 
 # Lock names, by file, in the order of their bytes. These are the JSON vocabulary.
-DB_LOCKS: tuple[tuple[str, ByteRange], ...] = (
-    ("pending", ByteRange(PENDING_BYTE, PENDING_BYTE)),
-    ("reserved", ByteRange(RESERVED_BYTE, RESERVED_BYTE)),
-    ("shared", ByteRange(SHARED_FIRST, SHARED_LAST)),  # WRITE on this range is "exclusive"
+DB_LOCKS: tuple[tuple[LockName, ByteRange], ...] = (
+    (LockName.PENDING, ByteRange(PENDING_BYTE, PENDING_BYTE)),
+    (LockName.RESERVED, ByteRange(RESERVED_BYTE, RESERVED_BYTE)),
+    (LockName.SHARED, ByteRange(SHARED_FIRST, SHARED_LAST)),  # WRITE on it is "exclusive"
 )
-SHM_LOCKS: tuple[tuple[str, ByteRange], ...] = (
-    ("wal-write", ByteRange(SHM_WRITE, SHM_WRITE)),
-    ("wal-checkpoint", ByteRange(SHM_CHECKPOINT, SHM_CHECKPOINT)),
-    ("wal-recover", ByteRange(SHM_RECOVER, SHM_RECOVER)),
+SHM_LOCKS: tuple[tuple[LockName, ByteRange], ...] = (
+    (LockName.WAL_WRITE, ByteRange(SHM_WRITE, SHM_WRITE)),
+    (LockName.WAL_CHECKPOINT, ByteRange(SHM_CHECKPOINT, SHM_CHECKPOINT)),
+    (LockName.WAL_RECOVER, ByteRange(SHM_RECOVER, SHM_RECOVER)),
     *(
-        (f"wal-read-{i}", ByteRange(SHM_READ_FIRST + i, SHM_READ_FIRST + i))
+        (LockName(f"wal-read-{i}"), ByteRange(SHM_READ_FIRST + i, SHM_READ_FIRST + i))
         for i in range(SHM_READ_MARKS)
     ),
-    ("dms", ByteRange(SHM_DMS, SHM_DMS)),
+    (LockName.DMS, ByteRange(SHM_DMS, SHM_DMS)),
 )
 
 # The lock classes that conflict with SQLite's own fcntl locks (flock locks never do on Linux).
 FCNTL_CLASSES = frozenset({"POSIX", "OFDLCK"})
 
 
-def lock_bytes(kind: FileKind) -> tuple[tuple[str, ByteRange], ...]:
+def lock_bytes(kind: FileKind) -> tuple[tuple[LockName, ByteRange], ...]:
     """The named lock bytes of one kind of file (none for -wal and -journal, never locked)."""
     if kind is FileKind.DB:
         return DB_LOCKS
@@ -82,16 +82,18 @@ def decode(kind: FileKind, line: LockLine) -> list[Lock]:
     mode = Mode.EXCLUSIVE if line.exclusive else Mode.SHARED
     pid = line.pid if line.pid > 0 else None
 
-    def make(name: str, rng: ByteRange) -> Lock:
+    def make(name: LockName, rng: ByteRange) -> Lock:
         return Lock(kind, name, mode, rng, pid, line.lock_class, line.waiter)
 
     if line.lock_class not in FCNTL_CLASSES:
-        return [make(line.lock_class.lower(), line.range)]
+        # The class itself is kept in Lock.lock_class: the name says only that it is not SQLite's.
+        name = LockName.LEASE if line.lock_class == "LEASE" else LockName.FLOCK
+        return [make(name, line.range)]
     locks = []
     for name, named in lock_bytes(kind):
         overlap = line.range.intersect(named)
         if overlap is not None:
-            if name == "shared" and line.exclusive:
-                name = "exclusive"
+            if name is LockName.SHARED and line.exclusive:
+                name = LockName.EXCLUSIVE
             locks.append(make(name, overlap))
-    return locks or [make("other", line.range)]
+    return locks or [make(LockName.OTHER, line.range)]

@@ -25,13 +25,19 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from sqlprobe.model import DatabaseSnapshot, FileKind, JournalMode, Probe, ProbeResult
-from sqlprobe.sqlite.effects import Outcome, effective_mode, outcome
+from sqlprobe.model import (
+    DatabaseEffects,
+    DatabaseSnapshot,
+    FileKind,
+    JournalMode,
+    Probe,
+    ProbeResult,
+)
+from sqlprobe.sqlite.effects import Outcome
 from sqlprobe.system.deadline import run_until
 
 IMMUTABLE = "immutable"
 READONLY_SHM = "readonly_shm"
-DEFAULT_BUSY_TIMEOUT = 0.1
 VFS_NAME = "sqlprobe-readonly"
 
 _SKIPPING_OUTCOMES = {
@@ -40,10 +46,14 @@ _SKIPPING_OUTCOMES = {
 }
 
 
-def plan(db: DatabaseSnapshot, live: bool = False) -> tuple[str | None, str]:
+def plan(
+    db: DatabaseSnapshot, live: bool = False, effects: DatabaseEffects | None = None
+) -> tuple[str | None, str]:
     """(how, why): the safe way to open `db` with SQLite, or (None, why not).
 
-    With live holders, a probe only when `live` (see the module's docstring).
+    With live holders, a probe only when `live` (see the module's docstring), and only with
+    the judge's decision about their locks (`effects`: the journal mode they use, and what
+    each lock makes a new instance meet, which a reader would meet too).
     """
     if not _utf8(db.path):
         return None, (
@@ -58,7 +68,6 @@ def plan(db: DatabaseSnapshot, live: bool = False) -> tuple[str | None, str]:
             "a hot journal: the database file holds a half-written transaction until the next"
             " opener rolls it back; reading it as it is would mislead"
         )
-    locks = db.observations[0].locks if db.observations else ()
     if not db.holders and not any(obs.locks for obs in db.observations):
         return IMMUTABLE, "nobody holds the database: opened immutable (no locks, no side files)"
     if not live:
@@ -66,8 +75,9 @@ def plan(db: DatabaseSnapshot, live: bool = False) -> tuple[str | None, str]:
             "other processes hold it: a read, even read-only, can make a writer's"
             " wal_checkpoint(TRUNCATE) fail with SQLITE_BUSY (--probe-live reads anyway)"
         )
-    mode = effective_mode(db.journal_mode, locks)
-    if mode is not JournalMode.WAL:
+    if effects is None:
+        return None, "other processes hold it, and nothing decided what their locks mean"
+    if effects.mode is not JournalMode.WAL:
         return None, (
             "rollback mode with live holders: a read takes SHARED, which can make a writer's"
             " commit fail at once"
@@ -78,8 +88,8 @@ def plan(db: DatabaseSnapshot, live: bool = False) -> tuple[str | None, str]:
             "WAL mode with live holders but no -wal or -shm (locking_mode=EXCLUSIVE?): a read-only"
             " open would fail and could create the missing file"
         )
-    for lock in locks:
-        why = _SKIPPING_OUTCOMES.get(outcome(lock, mode))  # type: ignore[arg-type]
+    for effect in effects.locks:
+        why = _SKIPPING_OUTCOMES.get(effect.outcome)  # type: ignore[call-overload]
         if why:
             return None, why
     return READONLY_SHM, "live holders in WAL mode: opened mode=ro&readonly_shm=1"
@@ -94,7 +104,7 @@ def _utf8(path: str) -> bool:
 
 
 def skipped(why: str) -> Probe:
-    return Probe(ProbeResult.SKIPPED.value, None, why)
+    return Probe(ProbeResult.SKIPPED, None, why)
 
 
 def run(path: str, how: str, busy_timeout: float, budget: float) -> Probe:
@@ -104,12 +114,12 @@ def run(path: str, how: str, busy_timeout: float, budget: float) -> Probe:
     ignores the busy timeout, and the deadline must hold.
     """
     if budget <= 0:
-        return Probe(ProbeResult.TIMEOUT.value, how, "no time left before the deadline")
+        return Probe(ProbeResult.TIMEOUT, how, "no time left before the deadline")
     started = time.monotonic()
     job = run_until(lambda: _open_and_read(path, how, busy_timeout), budget, "sqlprobe-probe")
     if not job.done.is_set():
         return Probe(
-            ProbeResult.TIMEOUT.value,
+            ProbeResult.TIMEOUT,
             how,
             f"SQLite had not answered after {budget:.2f} s (the deadline)",
             round(time.monotonic() - started, 4),
@@ -138,10 +148,12 @@ def _open_and_read(path: str, how: str, busy_timeout: float) -> Probe:
         user_version = _one(conn, "pragma user_version")
         _one(conn, "select count(*) from sqlite_schema")  # reads the schema: NOTADB, CORRUPT
         elapsed = round(time.monotonic() - started, 4)
-        return Probe(ProbeResult.OK.value, how, "read", elapsed, journal, pages, user_version)
+        return Probe(ProbeResult.OK, how, "read", elapsed, journal, pages, user_version)
     except apsw.Error as err:
         elapsed = round(time.monotonic() - started, 4)
-        return Probe(_code_name(apsw, err), how, str(err).split(":", 1)[-1].strip(), elapsed)
+        code = _code_name(apsw, err)
+        detail = str(err).split(":", 1)[-1].strip()
+        return Probe(ProbeResult.of_code(code), how, detail, elapsed, code=code)
     finally:
         if conn is not None:
             conn.close()

@@ -1,8 +1,9 @@
 """Holder health and the wait-for graph, derived from a window of observations. Pure.
 
 Health: what a process did across the window (state, threads and where they sleep, CPU used,
-times scheduled). The wait-for graph: edges waiter -> holder from the `->` lines of /proc/locks
-(every file, not only the database's), kept when they persist across the window. SQLite itself
+times scheduled). The wait-for graph: edges waiter -> holder (Observation.waits, which the
+collector pairs from the lock table's waiter lines on every file), kept when they persist across
+the window. SQLite itself
 never blocks in the kernel (it polls with F_SETLK and sleeps in its busy handler), so a SQLite
 waiter shows no edge: `likely_waiting` infers one from threads sleeping in nanosleep, and says so.
 """
@@ -13,13 +14,12 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from sqlprobe.model import LockLine, Observation, ProcSample, ThreadSample
-
-# wchan of a thread sleeping in nanosleep: SQLite's busy handler between two lock attempts.
-NANOSLEEP = frozenset({"hrtimer_nanosleep", "do_nanosleep", "clock_nanosleep"})
-# wchan of a thread blocked in the kernel on a file lock (F_SETLKW, flock).
-LOCK_WAIT = frozenset(
-    {"fcntl_setlk", "flock_lock_inode_wait", "locks_lock_inode_wait", "do_lock_file_wait"}
+from sqlprobe.model import (
+    WAIT_FILE_LOCK,
+    WAIT_NANOSLEEP,
+    Observation,
+    ProcSample,
+    ThreadSample,
 )
 
 
@@ -82,23 +82,6 @@ def summarize_threads(threads: Iterable[ThreadSample]) -> str:
 # -- the wait-for graph ---------------------------------------------------------------------------
 
 
-def wait_edges(lines: Iterable[LockLine]) -> tuple[tuple[int, int], ...]:
-    """(waiter pid, holder pid) for every `->` line of /proc/locks whose pids are known."""
-    lines = list(lines)
-    holders: dict[int, set[int]] = {}
-    for line in lines:
-        if not line.waiter and line.pid > 0:
-            holders.setdefault(line.lock_id, set()).add(line.pid)
-    edges = {
-        (line.pid, holder)
-        for line in lines
-        if line.waiter and line.pid > 0
-        for holder in holders.get(line.lock_id, ())
-        if holder != line.pid
-    }
-    return tuple(sorted(edges))
-
-
 def persistent_edges(observations: Iterable[Observation]) -> frozenset[tuple[int, int]]:
     """The wait-for edges present in every observation that read /proc/locks."""
     common: set[tuple[int, int]] | None = None
@@ -139,7 +122,7 @@ def kernel_lock_wait(pid: int, observations: Iterable[Observation]) -> bool:
     """Whether some thread of `pid` slept in a file-lock wait in every sample with threads."""
     threaded = [s for obs in observations if (s := obs.proc(pid)) and s.threads]
     return len(threaded) >= 2 and all(
-        any(t.wchan in LOCK_WAIT for t in s.threads) for s in threaded
+        any(t.waiting == WAIT_FILE_LOCK for t in s.threads) for s in threaded
     )
 
 
@@ -149,5 +132,5 @@ def likely_waiting(pid: int, observations: Iterable[Observation]) -> bool:
     threaded = [s for obs in observations if (s := obs.proc(pid)) and s.threads]
     if len(threaded) < 2:
         return False
-    napping = sum(any(t.wchan in NANOSLEEP for t in s.threads) for s in threaded)
+    napping = sum(any(t.waiting == WAIT_NANOSLEEP for t in s.threads) for s in threaded)
     return napping * 2 > len(threaded)

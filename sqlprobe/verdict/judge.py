@@ -13,21 +13,29 @@ from enum import Enum, IntEnum
 from typing import TYPE_CHECKING, NamedTuple
 
 from sqlprobe.model import (
+    DatabaseEffects,
     DatabaseSnapshot,
     FileKind,
+    Finding,
+    FindingKind,
     JournalMode,
     Lock,
+    LockEffect,
+    LockName,
     Observation,
     OtherName,
+    ProbeResult,
     SideFile,
     Snapshot,
 )
-from sqlprobe.sqlite.effects import Outcome, describe, effective_mode, outcome
-from sqlprobe.system.files import DANGLING, is_a
-from sqlprobe.text import safe, seconds, short_command
+from sqlprobe.sqlite.effects import Outcome, describe
+from sqlprobe.text import DANGLING, is_a, safe, seconds, short_command
+from sqlprobe.verdict.decide import database_effects
+from sqlprobe.verdict.findings import state_findings
 
 if TYPE_CHECKING:
-    from sqlprobe.judge.opencode import OpencodeVerdict
+    from sqlprobe.verdict.health import Health
+    from sqlprobe.verdict.opencode import OpencodeVerdict
 
 
 class State(str, Enum):
@@ -56,9 +64,13 @@ EXIT_CODES = {state: ExitCode[state.name] for state in State}
 # Which database decides for the whole target: a definite block outranks "cannot judge".
 SEVERITY = {State.CLEAR: 0, State.SHARED: 1, State.ERROR: 2, State.BUSY: 3, State.STUCK: 4}
 
-NAMING_ORDER = {"exclusive": 0, "wal-write": 0, "pending": 1, "reserved": 2, "shared": 3}
-# Probe results that mean SQLite cannot read the database at all (SQLITE_CORRUPT_* included).
-UNREADABLE = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
+NAMING_ORDER = {
+    LockName.EXCLUSIVE: 0,
+    LockName.WAL_WRITE: 0,
+    LockName.PENDING: 1,
+    LockName.RESERVED: 2,
+    LockName.SHARED: 3,
+}
 ASLEEP = frozenset("SDI")  # thread states that are waiting, not running
 STOPPED = {"T": "is stopped (state T)", "t": "is stopped by a tracer (state t)"}
 COMMAND_WIDTH = 60
@@ -78,14 +90,38 @@ class Blocker(NamedTuple):
     stuck: str | None  # the clause of the stuck rule that applied, or None: busy, not stuck
 
 
+class HolderState(NamedTuple):
+    """What one holder of a database did across the window, and what it waits on."""
+
+    pid: int
+    locks: tuple[LockEffect, ...]  # its locks at the first look (waiter records apart)
+    # Locks it waits for (`->` lines), from the last observation that read /proc/locks: only
+    # there are waiters listed. Empty when none, or none was read.
+    waiting_for: tuple[Lock, ...]
+    waiting_on: tuple[int, ...]  # pids it waits on in the kernel all window (wait-for edges)
+    likely_waiting_on: tuple[int, ...]  # blockers it is likely waiting on (an inference)
+    health: Health | None  # None: never sampled
+    stuck: str | None  # the stuck clause, when it holds a blocking lock and is stuck
+
+
 class DatabaseVerdict(NamedTuple):
     path: str
     state: State
     reason: str
     journal_mode: JournalMode  # effective: the header's, or inferred from the locks
     blockers: tuple[Blocker, ...] = ()
-    persisted: frozenset[tuple] = frozenset()  # Lock.identity of the locks held all window
-    warnings: tuple[str, ...] = ()  # what its files say that a new instance copes with
+    effects: DatabaseEffects | None = None  # every lock of the first look and its effect
+    warnings: tuple[Finding, ...] = ()  # what its files say that a new instance copes with
+    holders: tuple[HolderState, ...] = ()  # one per DatabaseSnapshot.holders, in that order
+
+    def effect(self, lock: Lock) -> LockEffect:
+        """The decision about `lock` (judge.decide); nothing blocks without one."""
+        if self.effects is None:
+            return LockEffect(lock, None, False)
+        return self.effects.of(lock)
+
+    def holder(self, pid: int) -> HolderState | None:
+        return next((h for h in self.holders if h.pid == pid), None)
 
 
 class Verdict(NamedTuple):
@@ -106,7 +142,7 @@ def judge(snapshot: Snapshot) -> Verdict:
         return Verdict(State.ERROR, safe(snapshot.error))
     locks = None
     if snapshot.opencode is not None:
-        from sqlprobe.judge.opencode import judge_opencode  # only for opencode's own data
+        from sqlprobe.verdict.opencode import judge_opencode  # only for opencode's own data
 
         locks = judge_opencode(snapshot.opencode)
     blocking = sorted(locks.blockers, key=lambda v: -SEVERITY[v.verdict]) if locks else []
@@ -161,12 +197,50 @@ def judge_database(
     db: DatabaseSnapshot, window_s: float, thorough: bool = False
 ) -> DatabaseVerdict:
     """One database's verdict; `thorough`: every open file of every process was stat()ed."""
-    verdict = _judge_database(db, window_s)
-    warnings = _file_warnings(db, thorough)
-    return verdict._replace(warnings=warnings) if warnings else verdict
+    effects = database_effects(db)
+    verdict = _judge_database(db, window_s, effects)
+    return verdict._replace(
+        effects=effects,
+        warnings=_file_warnings(db, thorough),
+        holders=holder_states(db, verdict.blockers, effects),
+    )
 
 
-def _judge_database(db: DatabaseSnapshot, window_s: float) -> DatabaseVerdict:
+def holder_states(
+    db: DatabaseSnapshot, blockers: tuple[Blocker, ...], effects: DatabaseEffects
+) -> tuple[HolderState, ...]:
+    """Per holder: its locks' effects, what it waits on, its health across the window."""
+    if not db.holders:
+        return ()
+    from sqlprobe.verdict.health import health, likely_waiting, persistent_edges, waits_on
+
+    observations = db.observations
+    edges = persistent_edges(observations)
+    listed = next((o for o in reversed(observations) if o.waits is not None), None)
+    waiting = [lk for lk in (listed.locks if listed else ()) if lk.waiter]
+    blocking = sorted({b.lock.pid for b in blockers if b.lock.pid})
+    out = []
+    for h in db.holders:
+        likely = [p for p in blocking if p != h.pid]
+        out.append(
+            HolderState(
+                pid=h.pid,
+                locks=tuple(e for e in effects.locks if e.lock.pid == h.pid and not e.lock.waiter),
+                waiting_for=tuple(lk for lk in waiting if lk.pid == h.pid),
+                waiting_on=tuple(waits_on(h.pid, edges)),
+                likely_waiting_on=tuple(likely)
+                if likely and likely_waiting(h.pid, observations)
+                else (),
+                health=health(h.pid, observations),
+                stuck=next((b.stuck for b in blockers if b.lock.pid == h.pid and b.stuck), None),
+            )
+        )
+    return tuple(out)
+
+
+def _judge_database(
+    db: DatabaseSnapshot, window_s: float, effects: DatabaseEffects
+) -> DatabaseVerdict:
     mode = db.journal_mode
     if db.error:
         return DatabaseVerdict(db.path, State.ERROR, safe(db.error), mode)
@@ -180,21 +254,19 @@ def _judge_database(db: DatabaseSnapshot, window_s: float) -> DatabaseVerdict:
         return DatabaseVerdict(db.path, State.ERROR, _other_name_reason(db, own_wal), mode)
     if db.deleted_open:
         return DatabaseVerdict(db.path, State.ERROR, _deleted_reason(db), mode)
-    if db.probe and db.probe.result.startswith(UNREADABLE):
-        reason = f"SQLite cannot read {safe(db.path)}: {safe(db.probe.detail)} ({db.probe.result})"
+    if db.probe and db.probe.result is ProbeResult.UNREADABLE:
+        reason = f"SQLite cannot read {safe(db.path)}: {safe(db.probe.detail)} ({db.probe.said})"
         return DatabaseVerdict(db.path, State.ERROR, reason, mode)
     if not db.exists:
         reason = f"{safe(db.path)} does not exist: a new instance would create it"
         return DatabaseVerdict(db.path, State.CLEAR, reason, mode)
     observations = db.observations
     first = observations[0].locks if observations else ()
-    mode = effective_mode(mode, first)
-    persisted = persisting(observations)
-    blockers = []
-    for lock in first:
-        effect = outcome(lock, mode)
-        if effect is not None and lock.identity in persisted:
-            blockers.append(Blocker(lock, effect, stuck_clause(lock.pid, observations)))
+    mode = effects.mode
+    blockers = [
+        Blocker(e.lock, e.outcome, stuck_clause(e.lock.pid, observations))  # type: ignore[arg-type]
+        for e in effects.blocking
+    ]
     if blockers:
         # Name a stuck holder first, then the lock that says most (EXCLUSIVE over the PENDING
         # taken on the way to it), whatever order the kernel listed them in.
@@ -202,7 +274,7 @@ def _judge_database(db: DatabaseSnapshot, window_s: float) -> DatabaseVerdict:
         top = blockers[0]
         state = State.STUCK if top.stuck else State.BUSY
         reason = _blocked_reason(db, top, len(observations), window_s)
-        return DatabaseVerdict(db.path, state, reason, mode, tuple(blockers), persisted)
+        return DatabaseVerdict(db.path, state, reason, mode, tuple(blockers))
     if db.holders or first:
         pids = sorted({h.pid for h in db.holders} | {lk.pid for lk in first if lk.pid})
         who = _pid_list(pids) if pids else "a process sqlprobe cannot see"
@@ -210,33 +282,15 @@ def _judge_database(db: DatabaseSnapshot, window_s: float) -> DatabaseVerdict:
             f"{who} {'has' if len(pids) == 1 else 'have'} it open, but no lock that a new instance"
             " needs: it would start alongside"
         )
-        transient = [lk for lk in first if outcome(lk, mode) and lk.identity not in persisted]
+        transient = [e.lock for e in effects.locks if e.transient]
         if transient:
             reason += (
                 f" ({describe(transient[0])} was taken by {_who(db, transient[0])} but released"
                 " within the window)"
             )
-        return DatabaseVerdict(db.path, State.SHARED, reason, mode, (), persisted)
+        return DatabaseVerdict(db.path, State.SHARED, reason, mode)
     reason = f"no other process holds {safe(db.path)} or its side files"
-    return DatabaseVerdict(db.path, State.CLEAR, reason, mode, (), persisted)
-
-
-def persisting(observations: tuple[Observation, ...]) -> frozenset[tuple]:
-    """The identities of the locks present in every observation, held by the same process.
-
-    A pid reused by a new process between two samples (psutil's rule) does not count as the same
-    holder: its start time differs.
-    """
-    if not observations:
-        return frozenset()
-    common = {lock.identity for lock in observations[0].locks}
-    for obs in observations[1:]:
-        common &= {lock.identity for lock in obs.locks}
-    starts: dict[int, set[int]] = {}
-    for obs in observations:
-        for proc in obs.procs:
-            starts.setdefault(proc.pid, set()).add(proc.start_ticks)
-    return frozenset(i for i in common if i[3] is None or len(starts.get(i[3], ())) <= 1)
+    return DatabaseVerdict(db.path, State.CLEAR, reason, mode)
 
 
 def stuck_clause(
@@ -259,7 +313,7 @@ def stuck_clause(
     if len(states) == 1 and (clause := STOPPED.get(next(iter(states)))):
         return clause
     # Only a blocking lock gets here: keep the wait-for graph off the clear path's imports.
-    from sqlprobe.judge.health import cycle_through, kernel_lock_wait, persistent_edges, waits_on
+    from sqlprobe.verdict.health import cycle_through, kernel_lock_wait, persistent_edges, waits_on
 
     edges = persistent_edges(observations)
     if cycle := cycle_through(pid, edges):
@@ -364,21 +418,19 @@ def _sqlite_error(side: FileKind, kind: str, pages: bool, wal_mode: bool) -> str
     return "unable to open database file"
 
 
-def _file_warnings(db: DatabaseSnapshot, thorough: bool) -> tuple[str, ...]:
-    """Side files that are not regular but that a new instance copes with, and a hard-linked
-    database that nobody was seen using by another name (without --thorough)."""
-    out = []
+def _file_warnings(db: DatabaseSnapshot, thorough: bool) -> tuple[Finding, ...]:
+    """What the side files say (judge.findings); side files that are not regular but that a
+    new instance copes with; a hard-linked database that nobody was seen using by another
+    name (without --thorough)."""
+    out = list(state_findings(db))
     for side in db.files:
         if side.not_regular and side.kind is not FileKind.DB and not db.error:
             fails, meets = non_regular_effect(side, db)
             if not fails:
-                out.append(f"{side.path} {is_a(side.not_regular)}: {meets}")
+                detail = f"{is_a(side.not_regular)}: {meets}"
+                out.append(Finding(FindingKind.NOT_REGULAR_HARMLESS, side.path, detail=detail))
     if db.links and db.links > 1 and not db.other_names and not thorough:
-        out.append(
-            f"{db.path} has {db.links} hard links: a process using another name keeps its own"
-            " -wal and -shm beside that name (two WALs for one database); none holds a lock on"
-            " it now, and --thorough also finds one that has it open without a lock"
-        )
+        out.append(Finding(FindingKind.HARD_LINKS, db.path, count=db.links))
     return tuple(out)
 
 

@@ -11,14 +11,13 @@ else is a warning line saying what an instance that needs the lock would meet.
 
 from __future__ import annotations
 
-import shlex
 from typing import NamedTuple
 
-from sqlprobe.judge.verdict import COMMAND_WIDTH, State, stuck_clause
-from sqlprobe.model import LockDir, OpencodeState, Snapshot
-from sqlprobe.opencode import flock
+from sqlprobe.model import Finding, FindingKind, LockDir, OpencodeState, Snapshot
+from sqlprobe.opencode import locks
 from sqlprobe.opencode.paths import Dirs
 from sqlprobe.text import duration, safe, shorten
+from sqlprobe.verdict.judge import COMMAND_WIDTH, State, stuck_clause
 
 # A heartbeat older than its refresh interval by this much is one that stopped being refreshed.
 HEARTBEAT_SLACK_S = 5.0
@@ -46,7 +45,9 @@ class LockVerdict(NamedTuple):
 class OpencodeVerdict(NamedTuple):
     locks: tuple[LockVerdict, ...]
     startup_keys: tuple[str, ...]  # the keys a new instance takes at start-up
-    warnings: tuple[str, ...]
+    # What does not block but a person should know: sentences of the judge's (a lock that no
+    # start-up takes, a problem reading one) and records worded by render (index.lock...).
+    warnings: tuple[Finding | str, ...]
 
     @property
     def blockers(self) -> tuple[LockVerdict, ...]:
@@ -55,11 +56,11 @@ class OpencodeVerdict(NamedTuple):
 
 def judge_opencode(state: OpencodeState) -> OpencodeVerdict:
     dirs = Dirs(state.data_dir, state.state_dir, state.config_dir, state.cache_dir, state.home)
-    startup = flock.startup_keys(state.version, dirs)
+    startup = locks.startup_keys(state.version, dirs)
     verdicts = tuple(judge_lock(lock, state, startup) for lock in state.locks)
-    warnings = [v.reason for v in verdicts if not v.blocks]
+    warnings: list[Finding | str] = [v.reason for v in verdicts if not v.blocks]
     warnings += list(state.problems)
-    if verdicts and (note := flock.version_note(state.version)):
+    if verdicts and (note := locks.version_note(state.version)):
         warnings.append(note)
     warnings += _index_lock_warnings(state)
     warnings += _zombie_warnings(state)
@@ -74,7 +75,7 @@ def judge_lock(lock: LockDir, state: OpencodeState, startup: tuple[str, ...]) ->
     created = meta.created_at if meta and meta.created_at else lock.dir_mtime
     held = None if created is None else max(0.0, round(now - created, 1))
     needed = lock.key is not None and lock.key in startup
-    words = flock.key_words(lock.key, state.home)
+    words = locks.key_words(lock.key, state.home)
     path = safe(lock.path)
     base = {"lock": lock, "held_s": held, "heartbeat_age_s": age, "needed": needed}
     remote = meta is not None and meta.hostname not in (None, state.hostname)
@@ -83,7 +84,7 @@ def judge_lock(lock: LockDir, state: OpencodeState, startup: tuple[str, ...]) ->
 
     if lock.dir_mtime is None:  # a breaker alone: an instance was killed while breaking it
         reason = (
-            f"{path}{flock.BREAKER} is left without its lock: harmless, the next breaker removes it"
+            f"{path}{locks.BREAKER} is left without its lock: harmless, the next breaker removes it"
         )
         return LockVerdict(**base, state=STALE, alive=None, blocks=False, wait_s=None,
                            stuck=None, verdict=State.CLEAR, reason=reason)  # fmt: skip
@@ -96,13 +97,13 @@ def judge_lock(lock: LockDir, state: OpencodeState, startup: tuple[str, ...]) ->
                            stuck=None, verdict=State.CLEAR, reason=reason)  # fmt: skip
 
     who = _who(lock, state, remote)
-    if flock.is_stale(since, now):
+    if locks.is_stale(since, now):
         breaker = lock.breaker_mtime
-        if breaker is not None and not flock.is_stale(breaker, now) and needed:
+        if breaker is not None and not locks.is_stale(breaker, now) and needed:
             breaker_age = max(0.0, now - breaker)
-            wait = round(flock.STALE_S - breaker_age, 1)
+            wait = round(locks.STALE_S - breaker_age, 1)
             reason = (
-                f"{words} is stale, but {path}{flock.BREAKER} (left {breaker_age:.0f} s ago by an"
+                f"{words} is stale, but {path}{locks.BREAKER} (left {breaker_age:.0f} s ago by an"
                 " instance that was breaking it) keeps others from breaking it: a new instance"
                 f" would stall ~{wait:.0f} s until that is stale too, then break the lock"
             )
@@ -118,18 +119,18 @@ def judge_lock(lock: LockDir, state: OpencodeState, startup: tuple[str, ...]) ->
         return LockVerdict(**base, state=STALE, alive=alive, blocks=False, wait_s=None,
                            stuck=None, verdict=State.CLEAR, reason=reason)  # fmt: skip
 
-    until_stale = round(flock.STALE_S - age, 1)
+    until_stale = round(locks.STALE_S - age, 1)
     if alive is False:
         kind, wait = LEFT_BEHIND, until_stale
         meets = f"would stall ~{wait:.0f} s until it is stale, then break it"
-    elif (lock.key or "").startswith(flock.FROZEN_HEARTBEAT):
+    elif (lock.key or "").startswith(locks.FROZEN_HEARTBEAT):
         # opencode's install lock never refreshes its heartbeat: stale 60 s after it was taken.
         kind, wait = HELD, until_stale
         meets = (
             f"would stall ~{wait:.0f} s until it is stale (this lock's heartbeat is never"
             " refreshed), then break it while its holder still runs"
         )
-    elif age > flock.HEARTBEAT_S + HEARTBEAT_SLACK_S or (alive is None and not remote):
+    elif age > locks.HEARTBEAT_S + HEARTBEAT_SLACK_S or (alive is None and not remote):
         # A holder that stopped refreshing its heartbeat (measured with 1.18.34: a run whose
         # install hangs), or no pid to look at: the lock turns stale unless refreshed again.
         kind, wait = HELD, until_stale
@@ -137,12 +138,12 @@ def judge_lock(lock: LockDir, state: OpencodeState, startup: tuple[str, ...]) ->
     else:
         kind, wait = HELD, None
         meets = (
-            f"waits for it while its heartbeat stays fresh, up to {flock.TIMEOUT_S / 60:.0f} min,"
-            f' then fails "{flock.TIMEOUT_MESSAGE}: {lock.key or "…"}"'
+            f"waits for it while its heartbeat stays fresh, up to {locks.TIMEOUT_S / 60:.0f} min,"
+            f' then fails "{locks.TIMEOUT_MESSAGE}: {lock.key or "…"}"'
         )
     # An install that waits on the network sleeps without CPU too: idleness counts only once the
     # lock has been held longer than a healthy start-up takes to install (STALE_S).
-    idle = held is not None and held > flock.STALE_S
+    idle = held is not None and held > locks.STALE_S
     stuck = stuck_clause(found.pid, state.observations, idle) if alive and found else None
     held_for = f" for {duration(held)}" if held is not None else ""
     if kind == LEFT_BEHIND:
@@ -186,34 +187,26 @@ def _who(lock: LockDir, state: OpencodeState, remote: bool) -> str:
     return f"pid {meta.pid}"
 
 
-def _index_lock_warnings(state: OpencodeState) -> list[str]:
+def _index_lock_warnings(state: OpencodeState) -> list[Finding]:
     out = []
     for lock in state.index_locks:
         age = "" if lock.mtime is None else f" {duration(max(0.0, state.now - lock.mtime))} ago"
-        path = safe(lock.path)
         if lock.openers:
-            pids = ", ".join(f"pid {p}" for p in lock.openers)
             out.append(
-                f"{path} (git's lock on an opencode snapshot repo, taken{age}) is held open by"
-                f" {pids}: an instance that snapshots that worktree waits for that git"
-            )
+                Finding(FindingKind.INDEX_LOCK_HELD, lock.path, lock.openers[0], detail=age,
+                        pids=lock.openers)
+            )  # fmt: skip
         else:
-            out.append(
-                f"{path} was left{age} by a git that is gone: opencode still runs but takes no"
-                ' snapshot of that worktree (its log says tracking hash=""), so undo and revert'
-                " lose work; when no git runs there, remove it:"
-                f" rm {shlex.quote(lock.path)}"
-            )
+            out.append(Finding(FindingKind.INDEX_LOCK_LEFT, lock.path, detail=age))
     return out
 
 
-def _zombie_warnings(state: OpencodeState) -> list[str]:
+def _zombie_warnings(state: OpencodeState) -> list[Finding]:
     return [
-        f"pid {z.parent} has a child that exited and was never reaped: pid {z.pid}"
-        f" ({shorten(safe(z.command), 40)}); an opencode process in that state never finishes"
-        " starting (opencode issues #41806, #50348)"
+        Finding(FindingKind.ZOMBIE_CHILD, pid=z.parent, count=z.pid,
+                detail=shorten(safe(z.command), 40))
         for z in state.zombies
-    ]
+    ]  # fmt: skip
 
 
 # How long an opencode process must have run, holding none of its locks while one blocks, before
