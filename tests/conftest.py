@@ -24,11 +24,23 @@ import click
 import pytest
 import tabulate
 from click.testing import CliRunner
+from hypothesis import settings
 
 import sqlprobe
 from sqlprobe.cli import cli
 
 HERE = Path(__file__).parent
+
+# The fuzz tests' examples: 300 each in a full run; `--hypothesis-profile=quick` (the pure suite
+# of the README's Development section, run while editing) takes fewer, to answer within 2 s.
+settings.register_profile("thorough", max_examples=300)
+settings.register_profile("quick", max_examples=40)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.getoption("hypothesis_profile", None):
+        settings.load_profile("thorough")
+
 HOLDER = HERE / "holder.py"
 FIXTURES = HERE.parent / "fixtures"
 READY_TIMEOUT = 15.0

@@ -118,3 +118,18 @@ def test_ruff_is_clean(args):
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     proc = subprocess.run([ruff, *args], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_readme_module_table_names_modules_that_exist_and_every_module():
+    table = README[README.index("| layer | package / module | owns |") :]
+    table = table[: table.index("\n\n")]
+    named = set(re.findall(r"`([a-z_/]+\.py)`", table))
+    package = ROOT / "sqlprobe"
+    assert named and all((package / name).is_file() for name in named), named
+    modules = {
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if p.name not in ("__main__.py",) and not (p.name == "__init__.py" and p.parent != package)
+    }
+    modules.discard("__init__.py")  # the library API, above every layer
+    assert modules - named == set()  # a new module gets its row

@@ -175,19 +175,19 @@ def _parses_or_refuses(parse, data: bytes) -> None:
         parse(data)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)  # examples: the profile's (conftest.py)
 @given(st.one_of(st.binary(max_size=200), mutated(DB_BYTES)))
 def test_fuzz_db_header(data: bytes) -> None:
     _parses_or_refuses(dbfile.parse_header, data)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)  # examples: the profile's (conftest.py)
 @given(st.one_of(st.binary(max_size=200), mutated(SHM_BYTES)))
 def test_fuzz_shm_header(data: bytes) -> None:
     _parses_or_refuses(shm.parse_header, data)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)  # examples: the profile's (conftest.py)
 @given(st.one_of(st.binary(max_size=2000), mutated(WAL_BYTES)))
 def test_fuzz_wal_header_and_frames(data: bytes) -> None:
     try:
