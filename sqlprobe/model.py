@@ -400,7 +400,7 @@ class DatabaseEffects(NamedTuple):
 class FindingKind(str, Enum):
     """What a warning is about; render/findings.py words each kind."""
 
-    # Found while collecting (collect/snapshot.py).
+    # Found while collecting (collect/).
     OWN_FILE = "own-file"  # path: open in sqlprobe's own process (a SQLite connection?)
     SIDE_FILE_UNREADABLE = "side-file-unreadable"  # path, detail: why it was not read
     UNINSPECTED = "uninspected"  # count: processes whose descriptors could not be read

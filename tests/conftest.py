@@ -41,6 +41,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not config.getoption("hypothesis_profile", None):
         settings.load_profile("thorough")
 
+
 HOLDER = HERE / "holder.py"
 FIXTURES = HERE.parent / "fixtures"
 READY_TIMEOUT = 15.0

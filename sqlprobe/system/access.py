@@ -1,5 +1,6 @@
 """Who could have opened a database's files: each file's own permission bits against a
-process's credentials. Pure; the stat and /proc reads are done by snapshot.py and linux.py.
+process's credentials. Pure; the stat and /proc reads are done by collect/files.py and
+system/linux.py.
 
 Conservative on purpose. A process is ruled out only when nothing it has or could switch to lets
 it read or write any of the files: none of its real, effective, saved or filesystem uids, none of
