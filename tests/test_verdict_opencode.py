@@ -88,3 +88,22 @@ def test_an_opencode_process_without_a_lock_is_likely_waiting_on_it():
     snap = Snapshot("/d", (db,), 0.3, opencode=oc)
     likely = likely_lock_waiters(snap, judge_opencode(oc))
     assert set(likely) == {7}
+
+
+def test_one_decision_covers_both_kinds_of_lock_and_the_verdict_is_built_on_it():
+    from sqlprobe.model import ByteRange, FileKind, Lock, LockName, Mode, Observation
+    from sqlprobe.verdict.decide import decide
+
+    write = Lock(FileKind.SHM, LockName.WAL_WRITE, Mode.EXCLUSIVE, ByteRange(120, 120), 7, "POSIX")
+    db = DatabaseSnapshot(
+        "/d/opencode.db", True, holders=(Holder(7, "w", 0, "me", (FileKind.SHM,), 1.0),),
+        observations=(Observation(0.0, (write,), ()),),
+    )  # fmt: skip
+    left = state(lock(19), owners=(LockOwner(42, False, "no such process"),))
+    snapshot = Snapshot("/d", (db,), 0.0, opencode=left)
+    decision = decide(snapshot)
+    (effects,) = decision.databases
+    assert [(e.lock.pid, e.blocks) for e in effects.locks] == [(7, True)]
+    assert decision.opencode is not None and decision.opencode.blockers[0].state == "left-behind"
+    verdict = judge(snapshot)
+    assert verdict.databases[0].effects == effects and verdict.opencode == decision.opencode

@@ -1,13 +1,17 @@
 """The decision: what every observed lock means for a new instance. Pure.
 
-One function per kind of lock, and nothing else in sqlprobe re-derives it: SQLite's locks on a
-database's files (`database_effects`, on sqlite-locking.md §6's table in sqlite/effects.py) and
-opencode's own lock directories (`verdict.opencode.judge_lock`). The collector is handed
-`database_effects` to decide whether to sample a window and how to probe; the verdict, `wait`'s
-cheap polls and the report all read its answer.
+`decide(snapshot)` answers it for every lock of either kind, and nothing else in sqlprobe
+re-derives it: SQLite's locks on a database's files (`database_effects`, on sqlite-locking.md
+§6's table in sqlite/effects.py: the lock's outcome, and whether it persisted) and opencode's own
+lock directories (`verdict.opencode.judge_opencode`: held, left behind or stale, needed by a
+start-up, how long a new instance stalls). The collector is handed `database_effects` to decide
+whether to sample a window and how to probe; the verdict, `wait`'s cheap polls and the report
+read the answer.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
 
 from sqlprobe.model import (
     DatabaseEffects,
@@ -15,8 +19,30 @@ from sqlprobe.model import (
     LockEffect,
     LockIdentity,
     Observation,
+    Snapshot,
 )
 from sqlprobe.sqlite.effects import effective_mode, outcome
+
+if TYPE_CHECKING:
+    from sqlprobe.verdict.opencode import OpencodeVerdict
+
+
+class Decision(NamedTuple):
+    """What every observed lock of a snapshot means for a new instance."""
+
+    databases: tuple[DatabaseEffects, ...]  # one per Snapshot.databases, in that order
+    opencode: OpencodeVerdict | None  # each of opencode's lock directories; None: not read
+
+
+def decide(snapshot: Snapshot) -> Decision:
+    """The effect of every lock of either kind in `snapshot`."""
+    locks = None
+    if snapshot.opencode is not None:
+        # Only for opencode's own data; it uses the stuck rule, which imports this module.
+        from sqlprobe.verdict.opencode import judge_opencode
+
+        locks = judge_opencode(snapshot.opencode)
+    return Decision(tuple(database_effects(db) for db in snapshot.databases), locks)
 
 
 def database_effects(db: DatabaseSnapshot) -> DatabaseEffects:

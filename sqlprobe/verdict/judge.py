@@ -30,7 +30,7 @@ from sqlprobe.model import (
 )
 from sqlprobe.sqlite.effects import Outcome, describe
 from sqlprobe.text import DANGLING, is_a, safe, seconds, short_command
-from sqlprobe.verdict.decide import database_effects
+from sqlprobe.verdict.decide import database_effects, decide
 from sqlprobe.verdict.findings import state_findings
 
 if TYPE_CHECKING:
@@ -140,16 +140,14 @@ def judge(snapshot: Snapshot) -> Verdict:
     # Reasons are printed as one line: paths in them may hold newlines or escape sequences.
     if snapshot.error:
         return Verdict(State.ERROR, safe(snapshot.error))
-    locks = None
-    if snapshot.opencode is not None:
-        from sqlprobe.verdict.opencode import judge_opencode  # only for opencode's own data
-
-        locks = judge_opencode(snapshot.opencode)
+    decided = decide(snapshot)
+    locks = decided.opencode
     blocking = sorted(locks.blockers, key=lambda v: -SEVERITY[v.verdict]) if locks else []
     if not snapshot.databases and not blocking:
         return Verdict(State.CLEAR, safe(snapshot.note or "nothing to check"), (), locks)
     verdicts = tuple(
-        judge_database(db, snapshot.window_s, snapshot.thorough) for db in snapshot.databases
+        judge_database(db, snapshot.window_s, snapshot.thorough, effects)
+        for db, effects in zip(snapshot.databases, decided.databases, strict=True)
     )
     worst = max(verdicts, key=lambda v: SEVERITY[v.state], default=None)
     if blocking and (worst is None or SEVERITY[blocking[0].verdict] >= SEVERITY[worst.state]):
@@ -194,10 +192,14 @@ def skipped_caveat(n: int) -> str:
 
 
 def judge_database(
-    db: DatabaseSnapshot, window_s: float, thorough: bool = False
+    db: DatabaseSnapshot,
+    window_s: float,
+    thorough: bool = False,
+    effects: DatabaseEffects | None = None,
 ) -> DatabaseVerdict:
-    """One database's verdict; `thorough`: every open file of every process was stat()ed."""
-    effects = database_effects(db)
+    """One database's verdict; `thorough`: every open file of every process was stat()ed.
+    `effects`: the decision about its locks (decide.database_effects; made here when None)."""
+    effects = effects or database_effects(db)
     verdict = _judge_database(db, window_s, effects)
     return verdict._replace(
         effects=effects,
