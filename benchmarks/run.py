@@ -227,21 +227,33 @@ def machine() -> list[str]:
 # -- the three comparisons -------------------------------------------------------------------------
 
 
-def startup(reps: int) -> tuple[list[str], list[str]]:
+def startup(reps: int, before: str | None = None) -> tuple[list[str], list[str]]:
+    """`before`: the `sqlprobe` of another install (an earlier commit), timed in the same
+    interleaved rounds: what a change cost, against this machine's noise."""
+    commands = {
+        "python -c pass": [PY, "-c", "pass"],
+        'python -c "import click"': [PY, "-c", "import click"],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "opencode"
         data.mkdir()
         small_db(data)
-        times = measure(
-            {
-                "python -c pass": [PY, "-c", "pass"],
-                'python -c "import click"': [PY, "-c", "import click"],
-                "sqlprobe check --quiet": quiet_check(data),
-            },
-            reps,
-        )
+        commands["sqlprobe check --quiet"] = quiet_check(data)
+        if before:
+            commands["the same, before"] = [before, *quiet_check(data)[1:]]
+        times = measure(commands, reps)
     r = ratio(times, "sqlprobe check --quiet", 'python -c "import click"')
     lines = table(times, 'python -c "import click"', ["python -c pass"])
+    if before:
+        paired = sorted(
+            a / b for a, b in zip(times["sqlprobe check --quiet"], times["the same, before"])
+        )
+        mid, low, high = (paired[int(len(paired) * q)] for q in (0.5, 0.25, 0.75))
+        lines += [
+            "",
+            f"`the same, before` is `{before}`. Per round, this check ÷ that one: median"
+            f" **{mid:.3f}** (quartiles {low:.3f}–{high:.3f}).",
+        ]
     return lines, [verdict(r, 1.3, 'clear data dir, ÷ `python -c "import click"`')]
 
 
@@ -390,13 +402,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, 500 processes")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    parser.add_argument(
+        "--before",
+        metavar="SQLPROBE",
+        help="the sqlprobe command of another install (an earlier commit), timed beside this one",
+    )
     args = parser.parse_args()
     reps = 7 if args.quick else 31
     counts = [500] if args.quick else [500, 2000]
     sections = []
     targets: list[str] = []
     for title, (lines, found) in (
-        ("1. Start-up: a clear data dir", startup(reps)),
+        ("1. Start-up: a clear data dir", startup(reps, args.before)),
         (
             "2. The holder scan: many processes with many descriptors",
             descriptors(counts, 50, 3 if args.quick else 7, 1 if args.quick else 3),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlprobe.model import Diagnosis, HolderDetails
+from sqlprobe.diagnosis import Diagnosis, HolderDetails
 from sqlprobe.opencode.locks import key_words
 from sqlprobe.text import duration, safe, shorten, wrap
 from sqlprobe.verdict.opencode import LockVerdict

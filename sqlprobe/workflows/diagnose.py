@@ -16,15 +16,9 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple, TypeVar
 
 from sqlprobe import system
+from sqlprobe.diagnosis import Diagnosis, Filesystem, HolderDetails, LogFile, OpenFile
 from sqlprobe.errors import AccessDenied, CannotInspect, NoSuchProcess
-from sqlprobe.model import (  # the records: shared with render
-    Diagnosis,
-    Filesystem,
-    HolderDetails,
-    LogFile,
-    OpenFile,
-    Snapshot,
-)
+from sqlprobe.model import Snapshot
 from sqlprobe.options import DEFAULT_CHECK, CheckOptions
 from sqlprobe.system.backend import Backend, Mount
 from sqlprobe.system.deadline import run_until
