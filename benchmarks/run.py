@@ -245,14 +245,13 @@ def startup(reps: int, before: str | None = None) -> tuple[list[str], list[str]]
     r = ratio(times, "sqlprobe check --quiet", 'python -c "import click"')
     lines = table(times, 'python -c "import click"', ["python -c pass"])
     if before:
-        paired = sorted(
-            a / b for a, b in zip(times["sqlprobe check --quiet"], times["the same, before"])
-        )
+        now, then = times["sqlprobe check --quiet"], times["the same, before"]
+        paired = sorted(a / b for a, b in zip(now, then, strict=True))
         mid, low, high = (paired[int(len(paired) * q)] for q in (0.5, 0.25, 0.75))
         lines += [
             "",
             f"`the same, before` is `{before}`. Per round, this check ÷ that one: median"
-            f" **{mid:.3f}** (quartiles {low:.3f}–{high:.3f}).",
+            f" **{mid:.3f}** (quartiles {low:.3f} to {high:.3f}).",
         ]
     return lines, [verdict(r, 1.3, 'clear data dir, ÷ `python -c "import click"`')]
 
