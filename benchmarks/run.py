@@ -257,7 +257,7 @@ def startup(reps: int, before: str | None = None) -> tuple[list[str], list[str]]
 
 
 def descriptors(
-    counts: Sequence[int], fds: int, reps: int, rounds: int
+    counts: Sequence[int], fds: int, reps: int, rounds: int, before: str | None = None
 ) -> tuple[list[str], list[str]]:
     lines, targets = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -270,6 +270,8 @@ def descriptors(
             "fuser -v": ["fuser", "-v", str(db)],
             "lsof": ["lsof", str(db)],
         }
+        if before:
+            commands["the same, before"] = [before, *quiet_check(data)[1:]]
         with live_holder(db):
             for count in counts:
                 # The largest case decides a target: measured in rounds, each with freshly
@@ -415,7 +417,7 @@ def main() -> None:
         ("1. Start-up: a clear data dir", startup(reps, args.before)),
         (
             "2. The holder scan: many processes with many descriptors",
-            descriptors(counts, 50, 3 if args.quick else 7, 1 if args.quick else 3),
+            descriptors(counts, 50, 3 if args.quick else 7, 1 if args.quick else 3, args.before),
         ),
         ("3. Database and WAL size", sizes(100_000, reps)),
     ):
