@@ -54,7 +54,7 @@ def open_db(path: str, own: frozenset[FileKey], warnings: list[Finding]) -> Db:
         db.files.append(SideFile(kind, side, FileKey(st.st_dev, st.st_ino), what))
         if what is not None:
             # Never opened. The verdict says what a new instance meets with it (SQLite's own
-            # open of a FIFO -journal blocks for ever: non_regular_effect).
+            # open of a FIFO -journal blocks for ever: sidefiles.non_regular_effect).
             if kind is FileKind.DB:
                 why = is_a(what)
                 if what == DANGLING:  # or a symlink loop, said as for a PATH that is one
