@@ -13,6 +13,9 @@ removed from the environment), as on a normal install.
    descriptors vs `fuser -v` and `lsof` on the same database (spawned here with fork+exec of
    `sleep`, killed at the end); as root, also with the extra processes run as another user and
    the database 0600, which sqlprobe skips.
+   In 1 and 2, `SQLPROBE_BACKEND=portable sqlprobe check --quiet` (the portable backend: psutil
+   and F_GETLK) runs in the same rounds as the default (the /proc backend on Linux), and the
+   ratio portable / Linux is reported.
 3. The same check on a 2 GiB database with a 100,000-frame WAL vs a 100 KB one, both with the
    WAL index stale (nobody holds the database) and with a live holder.
 """
@@ -38,7 +41,12 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent
 PY = sys.executable
 SQLPROBE = shutil.which("sqlprobe", path=str(Path(PY).parent)) or "sqlprobe"
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+ENV = {
+    k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "SQLPROBE_BACKEND")
+}
+# The portable backend, forced on Linux; the command of that name runs with this environment.
+PORTABLE = "SQLPROBE_BACKEND=portable sqlprobe check --quiet"
+ENVS = {PORTABLE: {**ENV, "SQLPROBE_BACKEND": "portable"}}
 NOBODY = 65534
 
 Timing = dict[str, list[float]]
@@ -49,12 +57,14 @@ def quiet_check(path: Path) -> list[str]:
 
 
 def measure(commands: dict[str, Sequence[str]], reps: int, warmup: int = 3) -> Timing:
-    """Wall time of each command, interleaved, in seconds."""
+    """Wall time of each command, interleaved, in seconds. A command named in ENVS runs with
+    that environment (the portable backend), every other with ENV."""
     times: Timing = {name: [] for name in commands}
     for i in range(warmup + reps):
         for name, argv in commands.items():
+            env = ENVS.get(name, ENV)
             started = time.perf_counter()
-            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
             if i >= warmup:
                 times[name].append(time.perf_counter() - started)
     return times
@@ -81,6 +91,23 @@ def table(times: Timing, base: str | None, others: Sequence[str] = ()) -> list[s
 
 def ratio(times: Timing, a: str, b: str) -> float:
     return statistics.median(times[a]) / statistics.median(times[b])
+
+
+def paired(times: Timing, a: str, b: str) -> tuple[float, float, float]:
+    """Per round, `a` ÷ `b` (each run against the one beside it): median and quartiles."""
+    each = sorted(x / y for x, y in zip(times[a], times[b], strict=True))
+    mid, low, high = (each[int(len(each) * q)] for q in (0.5, 0.25, 0.75))
+    return mid, low, high
+
+
+def backends(times: Timing, where: str) -> str:
+    """The portable backend ÷ the Linux one, as a line of RESULTS.md (and of the output)."""
+    linux = "sqlprobe check --quiet"
+    mid, low, high = paired(times, PORTABLE, linux)
+    return (
+        f"- portable backend ÷ Linux backend, {where}: **{ratio(times, PORTABLE, linux):.2f}**"
+        f" (medians; per round {mid:.2f}, quartiles {low:.2f} to {high:.2f})"
+    )
 
 
 def verdict(value: float, target: float, what: str) -> str:
@@ -239,21 +266,23 @@ def startup(reps: int, before: str | None = None) -> tuple[list[str], list[str]]
         data.mkdir()
         small_db(data)
         commands["sqlprobe check --quiet"] = quiet_check(data)
+        commands[PORTABLE] = quiet_check(data)
         if before:
             commands["the same, before"] = [before, *quiet_check(data)[1:]]
         times = measure(commands, reps)
     r = ratio(times, "sqlprobe check --quiet", 'python -c "import click"')
-    lines = table(times, 'python -c "import click"', ["python -c pass"])
+    lines = table(times, 'python -c "import click"', ["python -c pass", "sqlprobe check --quiet"])
     if before:
-        now, then = times["sqlprobe check --quiet"], times["the same, before"]
-        paired = sorted(a / b for a, b in zip(now, then, strict=True))
-        mid, low, high = (paired[int(len(paired) * q)] for q in (0.5, 0.25, 0.75))
+        mid, low, high = paired(times, "sqlprobe check --quiet", "the same, before")
         lines += [
             "",
             f"`the same, before` is `{before}`. Per round, this check ÷ that one: median"
             f" **{mid:.3f}** (quartiles {low:.3f} to {high:.3f}).",
         ]
-    return lines, [verdict(r, 1.3, 'clear data dir, ÷ `python -c "import click"`')]
+    return lines, [
+        verdict(r, 1.3, 'clear data dir, ÷ `python -c "import click"`'),
+        backends(times, "clear data dir"),
+    ]
 
 
 def descriptors(
@@ -266,6 +295,7 @@ def descriptors(
         db = small_db(data)
         commands = {
             "sqlprobe check --quiet": quiet_check(data),
+            PORTABLE: quiet_check(data),
             "sqlprobe check --quiet --thorough": [*quiet_check(data), "--thorough"],
             "fuser -v": ["fuser", "-v", str(db)],
             "lsof": ["lsof", str(db)],
@@ -285,7 +315,8 @@ def descriptors(
                     for name, ts in measured.items():
                         times[name] += ts
                 lines += ["", f"{count} extra processes x {fds} descriptors:", ""]
-                lines += table(times, "fuser -v", ["lsof"])
+                lines += table(times, "fuser -v", ["lsof", "sqlprobe check --quiet"])
+                lines += ["", backends(times, f"{count} x {fds} descriptors")]
                 if len(per_round) > 1:
                     lines += [
                         "",
@@ -306,6 +337,7 @@ def descriptors(
                             ratio(times, "sqlprobe check --quiet", "lsof"), 0.2, f"{what}, ÷ `lsof`"
                         )
                     )
+                    targets.append(backends(times, what))
         if os.geteuid() == 0:
             lines += other_users(max(counts), fds, reps, Path(tmp))
         else:

@@ -403,7 +403,9 @@ class FindingKind(str, Enum):
     # Found while collecting (collect/).
     OWN_FILE = "own-file"  # path: open in sqlprobe's own process (a SQLite connection?)
     SIDE_FILE_UNREADABLE = "side-file-unreadable"  # path, detail: why it was not read
-    UNINSPECTED = "uninspected"  # count: processes whose descriptors could not be read
+    UNINSPECTED = (
+        "uninspected"  # count: processes whose descriptors could not be read, detail: where
+    )
     UNPARSED_LOCK_LINES = "unparsed-lock-lines"  # count: lines of /proc/locks
     INODE_ONLY_MATCH = "inode-only-match"  # path: the lock table's device number differs
     # What a database's files say (verdict.findings, from the snapshot's records).
@@ -583,6 +585,8 @@ class Snapshot(NamedTuple):
     # opencode's own locks and signs of a stalled instance; None when the target is not
     # opencode's data (a PATH elsewhere), so nothing of opencode's was read.
     opencode: OpencodeState | None = None
+    # Which OS backend answered (`linux`: /proc; `portable`: psutil and F_GETLK), as its `name`.
+    backend: str = "linux"
 
     @property
     def samples(self) -> int:

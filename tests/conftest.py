@@ -28,6 +28,7 @@ from hypothesis import settings
 
 import sqlprobe
 from sqlprobe.cli import cli
+from sqlprobe.system import BACKENDS  # the OS backends: the real-holder scenarios run on each
 
 HERE = Path(__file__).parent
 
@@ -252,18 +253,43 @@ def _watched_dirs(args: tuple[Any, ...], env: dict[str, str] | None) -> dict[Pat
     return {d: r for d, r in dirs.items() if d.is_dir()}
 
 
+# What only the Linux backend sees (README, "Platforms"): the lock table's waiters (`->` lines:
+# `waiting_for`, `waiting_on`, the wait-for graph), threads' kernel waits (wchan: the thread
+# summary's waits, `likely_waiting_on`, a kernel lock wait), a descriptor's own locks (fdinfo:
+# `source`), and every holder of a byte (F_GETLK reports one).
+LINUX_ONLY = frozenset({"waiters", "thread-waits", "fdinfo", "every-holder"})
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The backend that this test's CLI runs (`run`, `check_json`) use: a test that asks for it
+    runs once per backend, with SQLPROBE_BACKEND set for every command it runs in-process."""
+    return request.param
+
+
+def sees(backend: str, what: str) -> bool:
+    """Whether `backend` can see `what` (one of LINUX_ONLY). A test asserts the fact where it is
+    seen, and what the backend reports instead where it is not: never silently drops it."""
+    assert what in LINUX_ONLY, what
+    return backend == "linux"
+
+
 @pytest.fixture
 def run(request: pytest.FixtureRequest) -> Callable[..., Any]:
     """Run the CLI in-process: `run("check", path, "--json")` -> click Result.
 
     Every run also checks that sqlprobe changed nothing: the bytes and mtimes of every file in
     the directories it looked into are the same after it, and no file appeared. A test whose own
-    holder writes while sqlprobe runs opts out with @pytest.mark.holder_writes.
+    holder writes while sqlprobe runs opts out with @pytest.mark.holder_writes. In a test that
+    asks for `backend`, every run sets SQLPROBE_BACKEND to it.
     """
     runner = CliRunner()
     watch = request.node.get_closest_marker("holder_writes") is None
+    chosen = request.getfixturevalue("backend") if "backend" in request.fixturenames else None
 
     def invoke(*args: Any, env: dict[str, str] | None = None) -> Any:
+        if chosen is not None:  # CliRunner sets only the variables given: the rest are kept
+            env = {**(env or {}), "SQLPROBE_BACKEND": chosen}
         dirs = _watched_dirs(args, env) if watch else {}
         before = {d: fingerprint(d, r) for d, r in dirs.items()}
         result = runner.invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
@@ -276,12 +302,19 @@ def run(request: pytest.FixtureRequest) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def check_json(run: Callable[..., Any]) -> Callable[..., tuple[dict[str, Any], int]]:
-    """`check_json(path, *options)` -> (the JSON document, exit code)."""
+def check_json(
+    run: Callable[..., Any], request: pytest.FixtureRequest
+) -> Callable[..., tuple[dict[str, Any], int]]:
+    """`check_json(path, *options)` -> (the JSON document, exit code). In a test that asks for
+    `backend`, the document must say that this backend answered."""
+    chosen = request.getfixturevalue("backend") if "backend" in request.fixturenames else None
 
     def go(*args: Any, env: dict[str, str] | None = None) -> tuple[dict[str, Any], int]:
         result = run("check", *args, "--json", env=env)
-        return json.loads(result.stdout), result.exit_code
+        doc = json.loads(result.stdout)
+        if chosen is not None:
+            assert doc["backend"] == chosen, doc["backend"]
+        return doc, result.exit_code
 
     return go
 

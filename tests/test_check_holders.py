@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import lock_names, make_db, only_holder
+from conftest import lock_names, make_db, only_holder, sees
 
 pytestmark = pytest.mark.process  # real holders and the CLI's forked workers
 
@@ -17,7 +17,7 @@ SHM, DB = "shm", "db"
 SHARED, EXCL = "shared", "exclusive"
 
 
-def test_nothing_open_is_clear(wal_db, check_json):
+def test_nothing_open_is_clear(wal_db, check_json, backend):
     doc, code = check_json(wal_db)
     assert (doc["verdict"], code, doc["exit_code"]) == ("clear", 0, 0)
     assert doc["databases"][0]["holders"] == []
@@ -25,7 +25,7 @@ def test_nothing_open_is_clear(wal_db, check_json):
     assert doc["window"]["samples"] == 1  # nothing blocking: answered at once
 
 
-def test_idle_wal_connection_is_shared(wal_db, holder, check_json):
+def test_idle_wal_connection_is_shared(wal_db, holder, check_json, backend):
     h = holder(wal_db, "wal-idle")
     doc, code = check_json(wal_db)
     assert (doc["verdict"], code) == ("shared", 3)
@@ -36,7 +36,7 @@ def test_idle_wal_connection_is_shared(wal_db, holder, check_json):
     assert str(h.pid) in doc["reason"]
 
 
-def test_wal_read_transaction_is_shared(wal_db, holder, check_json):
+def test_wal_read_transaction_is_shared(wal_db, holder, check_json, backend):
     h = holder(wal_db, "wal-read")
     doc, code = check_json(wal_db)
     assert (doc["verdict"], code) == ("shared", 3)
@@ -45,7 +45,7 @@ def test_wal_read_transaction_is_shared(wal_db, holder, check_json):
     assert any(f == SHM and n.startswith("wal-read-") and m == SHARED for f, n, m in names)
 
 
-def test_writer_holding_wal_write_lock_is_busy(wal_db, holder, check_json):
+def test_writer_holding_wal_write_lock_is_busy(wal_db, holder, check_json, backend):
     h = holder(wal_db, "wal-write", "--spin")
     doc, code = check_json(wal_db)
     assert (doc["verdict"], code) == ("busy", 4)
@@ -58,7 +58,7 @@ def test_writer_holding_wal_write_lock_is_busy(wal_db, holder, check_json):
     assert doc["window"]["samples"] > 2
 
 
-def test_locking_mode_exclusive_is_busy(wal_db, holder, check_json):
+def test_locking_mode_exclusive_is_busy(wal_db, holder, check_json, backend):
     h = holder(wal_db, "wal-exclusive", "--spin")
     doc, code = check_json(wal_db)
     assert (doc["verdict"], code) == ("busy", 4)
@@ -68,7 +68,7 @@ def test_locking_mode_exclusive_is_busy(wal_db, holder, check_json):
     assert "EXCLUSIVE lock on the database" in doc["reason"]
 
 
-def test_rollback_reader_is_busy(rollback_db, holder, check_json):
+def test_rollback_reader_is_busy(rollback_db, holder, check_json, backend):
     h = holder(rollback_db, "rollback-read", "--spin")
     doc, code = check_json(rollback_db)
     assert (doc["verdict"], code) == ("busy", 4)
@@ -77,7 +77,7 @@ def test_rollback_reader_is_busy(rollback_db, holder, check_json):
     assert "switch the database to WAL" in doc["reason"]
 
 
-def test_rollback_reserved_is_busy_and_fails_at_once(rollback_db, holder, check_json):
+def test_rollback_reserved_is_busy_and_fails_at_once(rollback_db, holder, check_json, backend):
     h = holder(rollback_db, "rollback-reserved", "--spin")
     doc, code = check_json(rollback_db)
     assert (doc["verdict"], code) == ("busy", 4)
@@ -85,7 +85,7 @@ def test_rollback_reserved_is_busy_and_fails_at_once(rollback_db, holder, check_
     assert "fail at once" in doc["reason"]
 
 
-def test_rollback_exclusive_decodes_merged_range(rollback_db, holder, check_json):
+def test_rollback_exclusive_decodes_merged_range(rollback_db, holder, check_json, backend):
     h = holder(rollback_db, "rollback-exclusive", "--spin")
     doc, code = check_json(rollback_db)
     assert (doc["verdict"], code) == ("busy", 4)
@@ -97,7 +97,7 @@ def test_rollback_exclusive_decodes_merged_range(rollback_db, holder, check_json
     }
 
 
-def test_stopped_writer_is_stuck(wal_db, holder, check_json):
+def test_stopped_writer_is_stuck(wal_db, holder, check_json, backend):
     h = holder(wal_db, "wal-write", "--spin")
     h.stop()
     doc, code = check_json(wal_db)
@@ -108,14 +108,14 @@ def test_stopped_writer_is_stuck(wal_db, holder, check_json):
     assert "waiting will not help" in doc["reason"]
 
 
-def test_sleeping_writer_using_no_cpu_is_stuck(wal_db, holder, check_json):
+def test_sleeping_writer_using_no_cpu_is_stuck(wal_db, holder, check_json, backend):
     h = holder(wal_db, "wal-write")  # holds the write lock and sleeps
     doc, code = check_json(wal_db)
     assert (doc["verdict"], code) == ("stuck", 5)
     assert only_holder(doc, h.pid)["stuck"].startswith("used no CPU")
 
 
-def test_window_zero_judges_on_one_look(wal_db, holder, check_json):
+def test_window_zero_judges_on_one_look(wal_db, holder, check_json, backend):
     h = holder(wal_db, "wal-write")
     doc, code = check_json(wal_db, "--window", "0")
     assert (doc["verdict"], code) == ("busy", 4)  # no window: no evidence of being stuck
@@ -124,13 +124,13 @@ def test_window_zero_judges_on_one_look(wal_db, holder, check_json):
 
 
 @pytest.mark.holder_writes
-def test_short_write_transactions_do_not_count_as_busy(wal_db, holder, check_json):
+def test_short_write_transactions_do_not_count_as_busy(wal_db, holder, check_json, backend):
     holder(wal_db, "wal-commit-loop")
     verdicts = {check_json(wal_db)[0]["verdict"] for _ in range(5)}
     assert verdicts == {"shared"}
 
 
-def test_busy_answer_takes_about_the_window(wal_db, holder, run):
+def test_busy_answer_takes_about_the_window(wal_db, holder, run, backend):
     holder(wal_db, "wal-write", "--spin")
     started = time.monotonic()
     result = run("check", wal_db, "-q", "--window", "0.5")
@@ -139,7 +139,7 @@ def test_busy_answer_takes_about_the_window(wal_db, holder, run):
     assert elapsed >= 0.5  # the lock had to persist across the whole window
 
 
-def test_directory_worst_database_wins(tmp_path, holder, check_json):
+def test_directory_worst_database_wins(tmp_path, holder, check_json, backend):
     make_db(tmp_path / "opencode.db")
     beta = make_db(tmp_path / "opencode-beta.db")
     h = holder(beta, "wal-write", "--spin")
@@ -152,7 +152,7 @@ def test_directory_worst_database_wins(tmp_path, holder, check_json):
     assert doc["reason"].startswith(f"{beta}: pid {h.pid}")
 
 
-def test_holder_through_symlinked_data_dir_is_found(tmp_path, holder, check_json):
+def test_holder_through_symlinked_data_dir_is_found(tmp_path, holder, check_json, backend):
     real = tmp_path / "real"
     real.mkdir()
     make_db(real / "opencode.db")
@@ -163,7 +163,7 @@ def test_holder_through_symlinked_data_dir_is_found(tmp_path, holder, check_json
     assert doc["databases"][0]["path"] == str(real / "opencode.db")
 
 
-def test_human_report_names_holder_and_lock(wal_db, holder, run):
+def test_human_report_names_holder_and_lock(wal_db, holder, run, backend):
     h = holder(wal_db, "wal-write", "--spin")
     result = run("check", wal_db)
     assert result.exit_code == 4
@@ -203,7 +203,7 @@ def test_split_descriptor_scan_finds_the_same_holders(wal_db, holder, check_json
 
 
 def test_idle_holders_locks_come_from_fdinfo_without_reading_proc_locks(
-    wal_db, holder, check_json, monkeypatch
+    wal_db, holder, check_json, monkeypatch, backend
 ):
     from sqlprobe.system import linux as procfs
 
@@ -215,7 +215,10 @@ def test_idle_holders_locks_come_from_fdinfo_without_reading_proc_locks(
     assert code == 3 and reads == []  # /proc/locks (an RCU grace period in the kernel) skipped
     entry = only_holder(doc, h.pid)
     assert {(lk["file"], lk["lock"]) for lk in entry["locks"]} == {("db", "shared"), ("shm", "dms")}
-    assert all(lk["source"] == "fdinfo" for lk in entry["locks"])
+    if sees(backend, "fdinfo"):
+        assert all(lk["source"] == "fdinfo" for lk in entry["locks"])
+    else:  # no fdinfo and no lock table: every lock is F_GETLK's answer
+        assert all(lk["source"] == "getlk" for lk in entry["locks"])
 
 
 def test_fdinfo_that_misses_a_lock_falls_back_to_proc_locks(
@@ -232,7 +235,9 @@ def test_fdinfo_that_misses_a_lock_falls_back_to_proc_locks(
 
 
 @pytest.mark.holder_writes
-def test_a_writer_committing_back_to_back_is_busy_but_may_be_waited_out(wal_db, holder, run):
+def test_a_writer_committing_back_to_back_is_busy_but_may_be_waited_out(
+    wal_db, holder, run, backend
+):
     """The write lock is there at every sample, yet free between transactions: a new instance's
     busy handler may get in at a gap (or not: SQLite's retries may all miss the gaps), so the
     verdict must not promise that it would fail."""
@@ -257,7 +262,7 @@ sys.stdin.read()
 """
 
 
-def test_an_ofd_lock_is_advised_as_such_not_as_another_pid_namespace(wal_db, holder, run):
+def test_an_ofd_lock_is_advised_as_such_not_as_another_pid_namespace(wal_db, holder, run, backend):
     holder(wal_db, "wal-idle")  # makes the -shm, and keeps it
     ofd = subprocess.Popen(
         [sys.executable, "-c", OFD_HOLDER, f"{wal_db}-shm"],

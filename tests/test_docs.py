@@ -120,6 +120,43 @@ def test_ruff_is_clean(args):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def _section(title: str) -> str:
+    """The README's `## title` section, up to the next `## ` heading."""
+    start = README.index(f"\n## {title}\n")
+    end = README.find("\n## ", start + 1)
+    return README[start : end if end >= 0 else None]
+
+
+def test_readme_platforms_section_names_every_backend_and_how_to_choose_it():
+    from sqlprobe.system import BACKEND_VARIABLE, BACKENDS
+
+    platforms = _section("Platforms")
+    assert BACKEND_VARIABLE == "SQLPROBE_BACKEND"
+    for name in BACKENDS:
+        assert f"`SQLPROBE_BACKEND={name}`" in platforms, name
+        assert f"- `{name}` (`sqlprobe/system/{name}.py`)" in platforms, name
+        assert (ROOT / "sqlprobe" / "system" / f"{name}.py").is_file(), name
+    assert "Nothing here ran on a Mac" in platforms
+
+
+def test_opencode_paths_on_macos_are_xdg_as_the_readme_says():
+    """opencode uses xdg-basedir on every OS (README, "Platforms"): so does paths.py, which
+    has no platform branch, for a macOS home as for any other."""
+    from sqlprobe.opencode import paths
+
+    found = paths.dirs({"HOME": "/Users/me"})
+    assert (found.data, found.state) == (
+        "/Users/me/.local/share/opencode",
+        "/Users/me/.local/state/opencode",
+    )
+    assert found.locks == "/Users/me/.local/state/opencode/locks"
+    source = Path(paths.__file__).read_text()
+    assert not any(word in source for word in ("sys.platform", "darwin", "Library"))
+    platforms = _section("Platforms")
+    assert "`~/.local/share/opencode`" in platforms and "`~/.local/state/opencode`" in platforms
+    assert "packages/opencode/src/global/index.ts" in platforms and "http" not in platforms
+
+
 def test_readme_module_table_names_modules_that_exist_and_every_module():
     table = README[README.index("| layer | package / module | owns |") :]
     table = table[: table.index("\n\n")]

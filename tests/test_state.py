@@ -22,7 +22,9 @@ def copy_fixture(name: str, dest: Path, *suffixes: str) -> Path:
     return dest
 
 
-def test_live_wal_state_matches_sqlites_own_checkpoint_numbers(tmp_path, holder, check_json):
+def test_live_wal_state_matches_sqlites_own_checkpoint_numbers(
+    tmp_path, holder, check_json, backend
+):
     db = make_db(tmp_path / "opencode.db")
     h = holder(db, "wal-lagging")
     _busy, log, checkpointed = map(int, h.ready)
@@ -39,7 +41,7 @@ def test_live_wal_state_matches_sqlites_own_checkpoint_numbers(tmp_path, holder,
     assert checkpointed in wal["read_marks"]
 
 
-def test_live_wal_state_in_the_human_report(tmp_path, holder, run):
+def test_live_wal_state_in_the_human_report(tmp_path, holder, run, backend):
     db = make_db(tmp_path / "opencode.db")
     h = holder(db, "wal-lagging")
     _, log, checkpointed = map(int, h.ready)
@@ -78,7 +80,7 @@ def test_hot_journal_is_reported_and_not_probed(tmp_path, check_json, run):
     assert "journal: hot (3.5 KiB): the next opener rolls it back" in run("check", db).stdout
 
 
-def test_journal_of_a_live_writer_is_not_hot(tmp_path, holder, check_json):
+def test_journal_of_a_live_writer_is_not_hot(tmp_path, holder, check_json, backend):
     db = make_db(tmp_path / "opencode.db", wal=False)
     h = holder(db, "rollback-reserved")
     # A journal with a header, as a writer has while its transaction runs.
@@ -97,13 +99,15 @@ def test_probe_reads_user_version_and_page_count(tmp_path, check_json):
     assert (probe["result"], probe["user_version"], probe["page_count"]) == ("ok", 42, 2)
 
 
-def test_probe_is_skipped_in_rollback_mode_with_live_holders(rollback_db, holder, check_json):
+def test_probe_is_skipped_in_rollback_mode_with_live_holders(
+    rollback_db, holder, check_json, backend
+):
     holder(rollback_db, "rollback-read")
     probe = check_json(rollback_db, "--probe-live")[0]["databases"][0]["probe"]
     assert probe["result"] == "skipped" and "rollback mode with live holders" in probe["detail"]
 
 
-def test_probe_is_skipped_when_the_holder_uses_no_shm(wal_db, holder, check_json):
+def test_probe_is_skipped_when_the_holder_uses_no_shm(wal_db, holder, check_json, backend):
     holder(wal_db, "wal-exclusive")  # locking_mode=EXCLUSIVE: SQLite makes no -shm
     assert not os.path.exists(f"{wal_db}-shm")
     probe = check_json(wal_db)[0]["databases"][0]["probe"]

@@ -87,7 +87,8 @@ def path_argument(func: F) -> F:
 
 
 def guarded(func: F) -> F:
-    """Turn a crash into one line on stderr and exit 1; a closed stdout into a quiet exit."""
+    """Turn a crash into one line on stderr and exit 1; a closed stdout into a quiet exit; an
+    unknown SQLPROBE_BACKEND into one line and exit 2, as a usage error."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -101,6 +102,11 @@ def guarded(func: F) -> F:
             os.dup2(devnull, sys.stdout.fileno())
             sys.exit(click.get_current_context().meta.get("exit_code", 0))
         except Exception as err:
+            from sqlprobe.system import UnknownBackend  # only here: the start-up stays lean
+
+            if isinstance(err, UnknownBackend):  # the environment's mistake: a usage error
+                click.echo(f"sqlprobe: {err}", err=True)
+                sys.exit(2)
             if os.environ.get("SQLPROBE_DEBUG"):
                 import traceback
 

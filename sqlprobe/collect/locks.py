@@ -147,7 +147,11 @@ def _inode_fallback(db: Db, line: LockLine, warnings: list[Finding]) -> FileKind
 
 
 def _hidden_locks(db: Db, seen: list[Lock]) -> list[Lock]:
-    """Locks that F_GETLK reports but /proc/locks does not explain (another pid namespace)."""
+    """Locks that F_GETLK reports but /proc/locks does not explain (another pid namespace), or
+    every lock where the platform has no lock table (`locks()` and `fd_locks()` None: the
+    portable backend). One query per lock byte, as exclusive, which any lock conflicts with:
+    it names one holder, so several readers of one byte show as one (the first the kernel
+    finds), and waiters are never seen."""
     hidden = []
     for kind, fd in db.fds.items():
         for name, rng in lock_bytes(kind):

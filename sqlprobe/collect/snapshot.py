@@ -130,6 +130,7 @@ def check(
         " (a hung filesystem, or a file that blocks when read?)",
         timeout_s=timeout,
         cut_short=("everything",),
+        backend=backend_name(proc),
     )
 
 
@@ -155,6 +156,7 @@ def take(
     """
     deadline = deadline or Deadline(None)
     env = os.environ if env is None else env
+    proc = proc or system.backend()
     if target.error or (not target.databases and opencode is None):
         return Snapshot(
             target.label,
@@ -163,8 +165,8 @@ def take(
             note=target.note,
             error=target.error,
             timeout_s=deadline.seconds,
+            backend=backend_name(proc),
         )
-    proc = proc or system.backend()
     warnings: list[Finding] = []
     cut: list[str] = []
     own = proc.own_files() if own is None else own
@@ -208,7 +210,8 @@ def take(
             db.fds.clear()
     confirm_deleted(proc, dbs)
     if uninspected:
-        warnings.append(Finding(FindingKind.UNINSPECTED, count=uninspected))
+        where = proc.descriptors_source
+        warnings.append(Finding(FindingKind.UNINSPECTED, detail=where, count=uninspected))
     databases = []
     for db in dbs:
         snap = _finish(proc, db)
@@ -236,7 +239,14 @@ def take(
         timeout_s=deadline.seconds,
         cut_short=tuple(cut),
         opencode=oc,
+        backend=backend_name(proc),
     )
+
+
+def backend_name(proc: Backend) -> str:
+    """Which backend answered, for the JSON: its `name` (one without a name is the Linux one,
+    as a test's stand-in backend may be)."""
+    return getattr(proc, "name", "linux")
 
 
 def _worth_a_window(dbs: list[Db], decide: Decide | None) -> bool:

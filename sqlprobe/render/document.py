@@ -51,6 +51,7 @@ def to_json(snapshot: Snapshot, verdict: Verdict) -> dict[str, Any]:
         "timeout": {"seconds": snapshot.timeout_s, "cut_short": list(snapshot.cut_short)},
         "opencode_locks": [_oclock_json(r) for r in opencode_rows(verdict, snapshot.opencode)],
         "opencode": _opencode_json(snapshot.opencode, verdict.opencode),
+        "backend": snapshot.backend,
     }
     if snapshot.note:
         doc["note"] = snapshot.note

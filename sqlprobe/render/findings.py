@@ -18,7 +18,7 @@ def _uninspected(f: Finding) -> str:
     n = f.count or 0
     return (
         f"{n} process{'es' if n != 1 else ''} could not be inspected (permission denied on"
-        " /proc/PID/fd): run as their user or as root to see their files"
+        f" {f.detail or 'their open files'}): run as their user or as root to see their files"
     )
 
 

@@ -61,6 +61,12 @@ class Backend(Protocol):
     Not runtime_checkable: that costs ~0.3 ms at import, on every check (tests/test_backend.py
     checks the implementations structurally instead)."""
 
+    # Which backend this is: "linux" (/proc) or "portable" (psutil and F_GETLK; portable.py).
+    name: str
+    # Where a process's open files are read, for a message about those it could not read
+    # ("/proc/PID/fd" on Linux).
+    descriptors_source: str
+
     @property
     def self_pid(self) -> int:
         """This process's pid (read each time: a forked worker is another process)."""
@@ -102,18 +108,20 @@ class Backend(Protocol):
 
     def fd_locks(self, pid: int, fd: int) -> list[LockLine] | None:
         """The locks held through one descriptor; None when the platform cannot list a
-        descriptor's locks (then `locks` or F_GETLK must be asked)."""
+        descriptor's locks (then `locks` or F_GETLK must be asked; the portable backend)."""
         ...
 
     def locks(self) -> tuple[list[LockLine], int] | None:
         """Every line of the system's lock table, waiters included, and the count of lines that
-        could not be parsed; None when the platform has no such table."""
+        could not be parsed; None when the platform has no such table (the portable backend:
+        then F_GETLK per lock byte names one holder per byte, and waiters are unknown)."""
         ...
 
     def sample(self, pid: int, threads: bool = False) -> ProcSample:
         """State and CPU time of `pid`; with `threads`, its threads and unreaped children too.
         Threads stay empty when the platform cannot sample them, and a thread's `wchan` and
-        `waiting` stay "" when it cannot tell where the thread sleeps."""
+        `waiting` stay "" when it cannot tell where the thread sleeps (the portable backend:
+        each thread has its CPU time and the process's state letter only)."""
         ...
 
     def age(self, sample: ProcSample) -> float | None:

@@ -119,6 +119,9 @@ class LinuxBackend:
     """The Backend (backend.py) of one /proc tree (root injectable, so that tests can point it
     at a tree of their own)."""
 
+    name = "linux"
+    descriptors_source = "/proc/PID/fd"
+
     def __init__(self, root: str = "/proc") -> None:
         self.root = root
         self.clock_ticks = os.sysconf("SC_CLK_TCK")
