@@ -261,9 +261,11 @@ LINUX_ONLY = frozenset({"waiters", "thread-waits", "fdinfo", "every-holder"})
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    """The backend that this test's CLI runs (`run`, `check_json`) use: a test that asks for it
-    runs once per backend, with SQLPROBE_BACKEND set for every command it runs in-process."""
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The backend that this test uses: a test that asks for it runs once per backend, with
+    SQLPROBE_BACKEND set for every command it runs in-process (`run`, `check_json`), for its
+    library calls (`sqlprobe.check`) and for the sqlprobe processes it starts."""
+    monkeypatch.setenv("SQLPROBE_BACKEND", request.param)
     return request.param
 
 

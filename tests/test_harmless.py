@@ -14,7 +14,10 @@ from conftest import NOBODY, is_root, make_db
 
 import sqlprobe
 
-pytestmark = pytest.mark.process  # real holders and the CLI's forked workers
+pytestmark = [
+    pytest.mark.process,  # real holders and the CLI's forked workers
+    pytest.mark.usefixtures("backend"),  # harmless on both backends
+]
 
 WRITE_NOW = """
 import sqlite3, sys

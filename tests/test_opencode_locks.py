@@ -18,7 +18,10 @@ from conftest import NOBODY, READY_TIMEOUT, Holder, make_db
 
 from sqlprobe.opencode.locks import STALE_S, dir_name
 
-pytestmark = pytest.mark.process  # opencode-like lock holders and the CLI's forked workers
+pytestmark = [
+    pytest.mark.process,  # opencode-like lock holders and the CLI's forked workers
+    pytest.mark.usefixtures("backend"),  # every scenario on both backends
+]
 
 HERE = Path(__file__).parent
 OCLOCK = HERE / "oclock.py"

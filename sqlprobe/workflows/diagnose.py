@@ -83,7 +83,7 @@ def _holder(proc: Backend, pid: int, data_dirs: list[str]) -> HolderDetails:
     links = attempt("open files", lambda: proc.fds(pid))
     fds = (
         tuple(OpenFile(d.fd, fd_kind(d.target, d.deleted), d.shown) for d in links)
-        if links
+        if links is not None  # none open is an answer too (the portable backend lists files only)
         else None
     )
     env = attempt("environment", lambda: proc.environ(pid))
