@@ -397,6 +397,28 @@ class DatabaseEffects(NamedTuple):
         return LockEffect(lock, same.outcome if same else None, same.persisted if same else False)
 
 
+class ProblemKind(str, Enum):
+    """Why a target or a database cannot be judged (an `error` verdict)."""
+
+    EMPTY_PATH = "empty-path"  # PATH is ""
+    NOT_STDIN = "not-stdin"  # PATH is "-"
+    CANNOT_READ = "cannot-read"  # stat, listdir, open or read failed: detail is the OS's words
+    NO_DIRECTORY = "no-directory"  # a PATH whose directory does not exist
+    NOT_REGULAR = "not-regular"  # a device, FIFO, socket, dangling link...: detail says which
+    NAMELESS = "nameless"  # a descriptor's file that no longer has a name
+    NOT_SQLITE = "not-sqlite"  # the header is not a SQLite database's
+    TIMED_OUT = "timed-out"  # the collection itself did not answer within the deadline
+
+
+class Problem(NamedTuple):
+    """Why something cannot be judged, as a record: the file it is about (None: no file) and
+    what is wrong with it. The verdict's reason is `path: detail`, or `detail` alone."""
+
+    kind: ProblemKind
+    path: str | None
+    detail: str
+
+
 class FindingKind(str, Enum):
     """What a warning is about; render/findings.py words each kind."""
 
@@ -445,7 +467,7 @@ class DatabaseSnapshot(NamedTuple):
     files: tuple[SideFile, ...] = ()
     header: DbHeader | None = None
     size: int | None = None
-    error: str | None = None  # why it cannot be judged (not SQLite, not a regular file, ...)
+    error: Problem | None = None  # why it cannot be judged (not SQLite, not a regular file, ...)
     holders: tuple[Holder, ...] = ()
     observations: tuple[Observation, ...] = ()
     wal: WalState | None = None  # None when there is no -wal file
@@ -573,7 +595,7 @@ class Snapshot(NamedTuple):
     databases: tuple[DatabaseSnapshot, ...]
     window_s: float
     note: str | None = None  # why there is nothing to inspect (`:memory:`, empty data dir)
-    error: str | None = None  # the target itself cannot be inspected
+    error: Problem | None = None  # the target itself cannot be inspected
     uninspected_processes: int = 0
     # Processes of other users not scanned: the files' own modes let none of them open them.
     skipped_processes: int = 0

@@ -170,3 +170,11 @@ def test_readme_module_table_names_modules_that_exist_and_every_module():
     }
     modules.discard("__init__.py")  # the library API, above every layer
     assert modules - named == set()  # a new module gets its row
+
+
+def test_readme_names_every_kind_of_problem():
+    from sqlprobe.model import ProblemKind
+
+    row = next(line for line in README.splitlines() if line.startswith("| `error`, "))
+    named = set(re.findall(r"`([a-z-]+)`", row)) - {"error", "kind", "path", "detail", "reason"}
+    assert named == {k.value for k in ProblemKind}

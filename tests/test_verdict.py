@@ -14,6 +14,8 @@ from sqlprobe.model import (
     Lock,
     Mode,
     Observation,
+    Problem,
+    ProblemKind,
     ProcSample,
     Snapshot,
     ThreadSample,
@@ -80,7 +82,8 @@ def test_note_without_databases_is_clear():
 
 
 def test_error_is_exit_6():
-    verdict = judge(Snapshot("/x", (), 0.3, error="/x: is a FIFO, not a regular file"))
+    fifo = Problem(ProblemKind.NOT_REGULAR, "/x", "is a FIFO, not a regular file")
+    verdict = judge(Snapshot("/x", (), 0.3, error=fifo))
     assert (verdict.state, int(verdict.exit_code)) == (State.ERROR, 6)
 
 
@@ -189,7 +192,8 @@ def test_worst_database_wins_and_is_named():
 def test_error_database_does_not_hide_a_busy_one():
     writer = (lock("wal-write", True),)
     busy = snap((writer, proc()), (writer, proc())).databases[0]
-    broken = DatabaseSnapshot("/d/opencode-b.db", True, error="/d/opencode-b.db: not SQLite")
+    not_sqlite = Problem(ProblemKind.NOT_SQLITE, "/d/opencode-b.db", "not SQLite")
+    broken = DatabaseSnapshot("/d/opencode-b.db", True, error=not_sqlite)
     assert judge(Snapshot("/d", (broken, busy), 0.3)).state is State.BUSY
     assert judge(Snapshot("/d", (broken,), 0.3)).state is State.ERROR
 
@@ -230,3 +234,23 @@ def test_unknown_header_with_dms_holder_is_judged_as_wal():
     verdict = judge(snap((IDLE_WAL, proc()), header=None))
     assert verdict.databases[0].journal_mode is JournalMode.WAL
     assert verdict.state is State.SHARED
+
+
+def test_a_problem_record_is_the_error_verdicts_reason_and_the_jsons_error():
+    from sqlprobe.render.document import to_json
+
+    bad = Problem(ProblemKind.NOT_SQLITE, "/d/opencode.db", "not a SQLite database (bad magic)")
+    db = DatabaseSnapshot("/d/opencode.db", True, error=bad)
+    snapshot = Snapshot("/d", (db,), 0.3)
+    verdict = judge(snapshot)
+    assert verdict.state is State.ERROR
+    assert verdict.reason == "/d/opencode.db: not a SQLite database (bad magic)"
+    doc = to_json(snapshot, verdict)
+    assert doc["databases"][0]["error"] == {
+        "kind": "not-sqlite",
+        "path": "/d/opencode.db",
+        "detail": "not a SQLite database (bad magic)",
+    }
+    assert doc["error"] is None
+    gone = judge(Snapshot("/x", (), 0.3, error=Problem(ProblemKind.TIMED_OUT, None, "no answer")))
+    assert (gone.state, gone.reason) == (State.ERROR, "no answer")

@@ -8,9 +8,19 @@ from __future__ import annotations
 import errno
 import os
 
+from sqlprobe.collect.targets import cannot_read
 from sqlprobe.collect.working import Db
 from sqlprobe.errors import CannotInspect, HeaderError, OpenInThisProcess
-from sqlprobe.model import ByteRange, FileKey, FileKind, Finding, FindingKind, SideFile
+from sqlprobe.model import (
+    ByteRange,
+    FileKey,
+    FileKind,
+    Finding,
+    FindingKind,
+    Problem,
+    ProblemKind,
+    SideFile,
+)
 from sqlprobe.sqlite.dbheader import parse_header
 from sqlprobe.sqlite.filestate import journal_header_set, read_wal_state
 from sqlprobe.sqlite.locks import DB_HEADER_SIZE, RESERVED_BYTE
@@ -45,7 +55,7 @@ def open_db(path: str, own: frozenset[FileKey], warnings: list[Finding]) -> Db:
             continue
         except OSError as err:
             if kind is FileKind.DB:
-                db.error = f"{path}: {describe(err)}"
+                db.error = cannot_read(path, err)
             db.files.append(SideFile(kind, side, None))
             continue
         what = file_type(st.st_mode)
@@ -62,7 +72,7 @@ def open_db(path: str, own: frozenset[FileKey], warnings: list[Finding]) -> Db:
                         os.stat(side)
                     except OSError as err:
                         why = describe(err) if err.errno == errno.ELOOP else why
-                db.error = f"{side}: {why}"
+                db.error = Problem(ProblemKind.NOT_REGULAR, side, why)
             continue
         try:
             fd, st = open_regular(side, own)
@@ -72,7 +82,7 @@ def open_db(path: str, own: frozenset[FileKey], warnings: list[Finding]) -> Db:
             continue
         except CannotInspect as err:
             if kind is FileKind.DB:
-                db.error = str(err)
+                db.error = Problem(ProblemKind.CANNOT_READ, err.path, err.problem)
             else:
                 warnings.append(Finding(FindingKind.SIDE_FILE_UNREADABLE, side, detail=err.problem))
             continue
@@ -94,9 +104,9 @@ def _read_header(db: Db, fd: int) -> None:
     try:
         db.header = parse_header(pread_at_most(fd, DB_HEADER_SIZE))
     except HeaderError as err:
-        db.error = f"{db.path}: {err}"
+        db.error = Problem(ProblemKind.NOT_SQLITE, db.path, str(err))
     except OSError as err:
-        db.error = f"{db.path}: {describe(err)}"
+        db.error = cannot_read(db.path, err)
 
 
 def read_state(db: Db, deadline: Deadline) -> None:

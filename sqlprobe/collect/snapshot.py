@@ -41,6 +41,8 @@ from sqlprobe.model import (
     Observation,
     Probe,
     ProbeResult,
+    Problem,
+    ProblemKind,
     Snapshot,
 )
 from sqlprobe.opencode.paths import Dirs
@@ -126,8 +128,12 @@ def check(
         label,
         (),
         window,
-        error=f"no answer within the {seconds(timeout)} s timeout: stuck {deadline.stage}"
-        " (a hung filesystem, or a file that blocks when read?)",
+        error=Problem(
+            ProblemKind.TIMED_OUT,
+            None,
+            f"no answer within the {seconds(timeout)} s timeout: stuck {deadline.stage}"
+            " (a hung filesystem, or a file that blocks when read?)",
+        ),
         timeout_s=timeout,
         cut_short=("everything",),
         backend=backend_name(proc),

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 from sqlprobe import system
 from sqlprobe.errors import CannotInspect
-from sqlprobe.model import FileKey, FileKind
+from sqlprobe.model import FileKey, FileKind, Problem, ProblemKind
 from sqlprobe.sqlite.dbheader import is_sqlite
 from sqlprobe.sqlite.locks import DB_MAGIC
 from sqlprobe.system.backend import Backend
@@ -28,7 +28,7 @@ class Target(NamedTuple):
     label: str  # the target as the user would recognise it
     databases: tuple[str, ...] = ()
     note: str | None = None
-    error: str | None = None
+    error: Problem | None = None
 
 
 def opencode_data_dir(env: Mapping[str, str]) -> str:
@@ -76,12 +76,18 @@ def resolve(
     created yet, unless its directory does not exist either (a typo): an error.
     """
     if path == "":
-        return Target(label="", error="an empty path names no file")
+        return Target(
+            label="", error=Problem(ProblemKind.EMPTY_PATH, None, "an empty path names no file")
+        )
     if path == "-":
         return Target(
             label=path,
-            error="-: not standard input here: name /dev/stdin for that"
-            " (sqlprobe check /dev/stdin < opencode.db), or ./- for a file named -",
+            error=Problem(
+                ProblemKind.NOT_STDIN,
+                path,
+                "not standard input here: name /dev/stdin for that"
+                " (sqlprobe check /dev/stdin < opencode.db), or ./- for a file named -",
+            ),
         )
     label = default_target(env) if path is None else path
     if label == MEMORY and path is None:
@@ -99,7 +105,7 @@ def resolve(
         st = os.stat(where)
     except FileNotFoundError as err:
         if proc.names_descriptor(where):  # not open: nothing a new instance creates
-            return Target(label=label, error=f"{label}: {describe(err)}")
+            return Target(label=label, error=cannot_read(label, err))
         if path is None and not env.get("OPENCODE_DB"):
             # A data dir not made yet: opencode makes it.
             return Target(
@@ -111,15 +117,19 @@ def resolve(
         if path is not None and not _exists(os.path.dirname(real)):
             # Nothing would create it there (SQLite makes no directory): a mistyped PATH.
             parent = os.path.dirname(real)
-            return Target(label=label, error=f"{label}: its directory {parent} does not exist")
+            problem = Problem(
+                ProblemKind.NO_DIRECTORY, label, f"its directory {parent} does not exist"
+            )
+            return Target(label=label, error=problem)
         return Target(label=label, databases=(real,))
     except OSError as err:
-        return Target(label=label, error=f"{label}: {describe(err)}")
+        return Target(label=label, error=cannot_read(label, err))
     if stat.S_ISDIR(st.st_mode) and os.path.basename(real) != OPENCODE_DB:
         return _directory(label, real, avoid)
     why = not_regular(st.st_mode)
     if why:
-        return Target(label=label, error=f"{label}: {why}{_leads_to(proc, label, where, real)}")
+        problem = Problem(ProblemKind.NOT_REGULAR, label, why + _leads_to(proc, label, where, real))
+        return Target(label=label, error=problem)
     try:
         named = os.stat(real)
     except OSError:
@@ -128,8 +138,11 @@ def resolve(
         # A descriptor of a file deleted since (its link reads "PATH (deleted)"), or renamed.
         return Target(
             label=label,
-            error=f"{label}: names {proc.descriptor_link(where) or real}, a file that no longer"
-            " has a name",
+            error=Problem(
+                ProblemKind.NAMELESS,
+                label,
+                f"names {proc.descriptor_link(where) or real}, a file that no longer has a name",
+            ),
         )
     return Target(label=label, databases=(real,))
 
@@ -162,7 +175,7 @@ def _directory(label: str, real: str, avoid: Container[FileKey]) -> Target:
     try:
         names = sorted(os.listdir(real))
     except OSError as err:
-        return Target(label=label, error=f"{label}: {describe(err)}")
+        return Target(label=label, error=cannot_read(label, err))
     chosen = sorted({b for b in map(_database_of, names) if _is_opencode_db(b)})
     if not chosen:
         chosen = [n for n in names if _looks_like_sqlite(os.path.join(real, n), avoid)]
@@ -212,3 +225,8 @@ def _looks_like_sqlite(path: str, avoid: Container[FileKey]) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def cannot_read(path: str, err: OSError) -> Problem:
+    """A file that could not be stat()ed, listed, opened or read: the OS's words for why."""
+    return Problem(ProblemKind.CANNOT_READ, path, describe(err))

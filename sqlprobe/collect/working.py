@@ -4,7 +4,15 @@ files.py, holders.py and locks.py fill in turn, and snapshot.py turns into a Dat
 
 from __future__ import annotations
 
-from sqlprobe.model import DbHeader, FileKey, FileKind, Observation, SideFile, WalState
+from sqlprobe.model import (
+    DbHeader,
+    FileKey,
+    FileKind,
+    Observation,
+    Problem,
+    SideFile,
+    WalState,
+)
 from sqlprobe.system.access import Gate
 
 
@@ -18,7 +26,7 @@ class Db:
     def __init__(self, path: str) -> None:
         self.path = path
         self.exists = True
-        self.error: str | None = None
+        self.error: Problem | None = None
         """The database: its path, whether it exists (or an error says what is wrong with it),
         and why it could not be read (None: it could)."""
 

@@ -11,6 +11,7 @@ from sqlprobe.model import (
     Finding,
     OpencodeState,
     Probe,
+    Problem,
     Snapshot,
     WalState,
 )
@@ -38,6 +39,7 @@ def to_json(snapshot: Snapshot, verdict: Verdict) -> dict[str, Any]:
         "verdict": verdict.state.value,
         "exit_code": int(verdict.exit_code),
         "reason": verdict.reason,
+        "error": _problem_json(snapshot.error),
         "databases": [
             _database_json(db, dv)
             for db, dv in zip(snapshot.databases, verdict.databases, strict=True)
@@ -139,6 +141,7 @@ def _database_json(db: DatabaseSnapshot, dv: DatabaseVerdict) -> dict[str, Any]:
         "exists": db.exists,
         "verdict": dv.state.value,
         "reason": dv.reason,
+        "error": _problem_json(db.error),
         "journal_mode": dv.journal_mode.value,
         "size": db.size,
         "files": {f.kind.value: f.key is not None for f in db.files},
@@ -254,6 +257,13 @@ def _probe_json(probe: Probe | None) -> dict[str, Any] | None:
 def lag_bytes(wal: WalState) -> int:
     """Bytes of the WAL not yet checkpointed: whole frames, header and page."""
     return wal.lag_frames * ((wal.page_size or 0) + WAL_FRAME_HEADER_SIZE)
+
+
+def _problem_json(problem: Problem | None) -> dict[str, Any] | None:
+    """Why it cannot be judged, as a record (the verdict's reason says it in words)."""
+    if problem is None:
+        return None
+    return {"kind": problem.kind.value, "path": problem.path, "detail": problem.detail}
 
 
 def _lock_json(row: LockRow) -> dict[str, Any]:

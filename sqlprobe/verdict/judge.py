@@ -25,6 +25,7 @@ from sqlprobe.model import (
     Observation,
     OtherName,
     ProbeResult,
+    Problem,
     Snapshot,
 )
 from sqlprobe.sqlite.effects import Outcome, describe
@@ -139,7 +140,7 @@ def judge(snapshot: Snapshot) -> Verdict:
     """The verdict for a whole target: the worst of its databases and of opencode's locks."""
     # Reasons are printed as one line: paths in them may hold newlines or escape sequences.
     if snapshot.error:
-        return Verdict(State.ERROR, safe(snapshot.error))
+        return Verdict(State.ERROR, safe(problem_reason(snapshot.error)))
     decided = decide(snapshot)
     locks = decided.opencode
     blocking = sorted(locks.blockers, key=lambda v: -SEVERITY[v.verdict]) if locks else []
@@ -179,6 +180,11 @@ def judge(snapshot: Snapshot) -> Verdict:
         n = snapshot.skipped_processes
         reason += f" ({n} {skipped_caveat(n)})"
     return Verdict(state, reason, verdicts, locks)
+
+
+def problem_reason(problem: Problem) -> str:
+    """The reason of an `error` verdict: `path: what is wrong`, or what is wrong alone."""
+    return f"{problem.path}: {problem.detail}" if problem.path is not None else problem.detail
 
 
 def skipped_caveat(n: int) -> str:
@@ -245,7 +251,7 @@ def _judge_database(
 ) -> DatabaseVerdict:
     mode = db.journal_mode
     if db.error:
-        return DatabaseVerdict(db.path, State.ERROR, safe(db.error), mode)
+        return DatabaseVerdict(db.path, State.ERROR, safe(problem_reason(db.error)), mode)
     for side in db.files:
         if side.not_regular and side.kind is not FileKind.DB:
             fails, meets = non_regular_effect(side, db)
