@@ -364,17 +364,24 @@ def protocol_members() -> list[str]:
     return sorted(name for name in vars(Backend) if not name.startswith("_"))
 
 
-def test_linux_backend_satisfies_the_protocol():
-    for name in protocol_members():
-        wanted = getattr(Backend, name)
-        got = getattr(LinuxBackend, name, None)
-        assert got is not None, f"LinuxBackend has no {name}"
+@pytest.mark.parametrize("name", ["linux", "portable"])
+def test_each_backend_satisfies_the_protocol(name):
+    from sqlprobe.system.portable import PortableBackend
+
+    impl = {"linux": LinuxBackend, "portable": PortableBackend}[name]
+    for member in protocol_members():
+        wanted = getattr(Backend, member)
+        got = getattr(impl, member, None)
+        assert got is not None, f"{impl.__name__} has no {member}"
         if isinstance(wanted, property):
-            assert isinstance(got, property), name
+            assert isinstance(got, property), member
             continue
         assert list(inspect.signature(got).parameters) == list(
             inspect.signature(wanted).parameters
-        ), name
+        ), member
+    for attribute in Backend.__annotations__:  # name, descriptors_source
+        assert isinstance(getattr(impl, attribute, None), str), attribute
+    assert impl.name == name
 
 
 def test_the_protocol_has_what_callers_use():

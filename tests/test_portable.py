@@ -3,7 +3,6 @@ Linux backend's answers for the same processes; its selection by SQLPROBE_BACKEN
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import pickle
@@ -18,7 +17,6 @@ from conftest import make_db, wait_until
 from sqlprobe import system
 from sqlprobe.errors import NoSuchProcess
 from sqlprobe.model import FileKey
-from sqlprobe.system.backend import Backend
 from sqlprobe.system.linux import LinuxBackend
 from sqlprobe.system.portable import PortableBackend, state_letter
 
@@ -50,21 +48,6 @@ def with_backend(name: str) -> dict[str, str]:
 
 
 # -- the Protocol and the selection (no process) ----------------------------------------------
-
-
-def test_portable_backend_satisfies_the_protocol():
-    for member in sorted(n for n in vars(Backend) if not n.startswith("_")):
-        wanted = getattr(Backend, member)
-        got = getattr(PortableBackend, member, None)
-        assert got is not None, f"PortableBackend has no {member}"
-        if isinstance(wanted, property):
-            assert isinstance(got, property), member
-            continue
-        assert list(inspect.signature(got).parameters) == list(
-            inspect.signature(wanted).parameters
-        ), member
-    assert "name" in Backend.__annotations__
-    assert (PortableBackend.name, LinuxBackend.name) == ("portable", "linux")
 
 
 def test_the_variable_chooses_the_backend_at_call_time(monkeypatch):
