@@ -178,3 +178,12 @@ def test_readme_names_every_kind_of_problem():
     row = next(line for line in README.splitlines() if line.startswith("| `error`, "))
     named = set(re.findall(r"`([a-z-]+)`", row)) - {"error", "kind", "path", "detail", "reason"}
     assert named == {k.value for k in ProblemKind}
+
+
+@pytest.mark.process  # the check's scan may fork its workers
+def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
+    (block,) = _code_blocks("python")
+    where = tmp_path / "sqlprobe-example"
+    where.mkdir()
+    exec(compile(block.replace("/tmp/sqlprobe-example", str(where)), "README", "exec"), {})
+    assert capsys.readouterr().out.startswith("clear 0 ")
