@@ -26,6 +26,7 @@ from sqlprobe.options import (
     TIMEOUT_RANGE,
     WINDOW_RANGE,
     CheckOptions,
+    Range,
 )
 
 if TYPE_CHECKING:
@@ -148,16 +149,22 @@ def wide_option(func: F) -> F:
     )(func)
 
 
-def check_timeout_option(help: str) -> Callable[[F], F]:
-    """--timeout of a check (sqlprobe.options.DEFAULT_TIMEOUT), for check, diagnose and run."""
+def seconds_option(*decls: str, span: Range, default: float | None, help: str) -> Callable[[F], F]:
+    """An option that takes a number of seconds within `span` (its range in options.py), with
+    its default shown when it has one."""
     return click.option(
-        "--timeout",
-        type=Seconds(*TIMEOUT_RANGE),
-        default=DEFAULT_TIMEOUT,
-        show_default=True,
+        *decls,
+        type=Seconds(*span),
+        default=default,
+        show_default=default is not None,
         metavar="SECONDS",
         help=help,
     )
+
+
+def check_timeout_option(help: str) -> Callable[[F], F]:
+    """--timeout of a check (sqlprobe.options.DEFAULT_TIMEOUT), for check, diagnose and run."""
+    return seconds_option("--timeout", span=TIMEOUT_RANGE, default=DEFAULT_TIMEOUT, help=help)
 
 
 def snapshot_options(func: F) -> F:
@@ -166,12 +173,10 @@ def snapshot_options(func: F) -> F:
     for option in reversed(
         [
             path_argument,
-            click.option(
+            seconds_option(
                 "--window",
-                type=Seconds(*WINDOW_RANGE),
+                span=WINDOW_RANGE,
                 default=DEFAULT_WINDOW,
-                show_default=True,
-                metavar="SECONDS",
                 help="How long a blocking lock must persist to count (sampled every 0.05 s). "
                 "Only spent when a blocking lock is seen; 0 judges on one look.",
             ),
@@ -179,12 +184,10 @@ def snapshot_options(func: F) -> F:
                 "Answer within this long whatever happens (a hung filesystem, a holder "
                 "that never lets go); work cut short is named in the verdict."
             ),
-            click.option(
+            seconds_option(
                 "--busy-timeout",
-                type=Seconds(*BUSY_TIMEOUT_RANGE),
+                span=BUSY_TIMEOUT_RANGE,
                 default=DEFAULT_BUSY_TIMEOUT,
-                show_default=True,
-                metavar="SECONDS",
                 help="How long the read-only SQLite probe waits on a lock.",
             ),
             click.option(

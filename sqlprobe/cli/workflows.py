@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from sqlprobe.cli.common import Command, F, Seconds, check_timeout_option, guarded, path_argument
+from sqlprobe.cli.common import (
+    Command,
+    F,
+    check_timeout_option,
+    guarded,
+    path_argument,
+    seconds_option,
+)
 from sqlprobe.options import DEFAULT_WAIT, WAIT_RANGE, CheckOptions
 
 if TYPE_CHECKING:
@@ -130,12 +137,10 @@ _until = click.option(
 
 @click.command(cls=Command)
 @path_argument
-@click.option(
+@seconds_option(
     "--timeout",
-    type=Seconds(*WAIT_RANGE),
+    span=WAIT_RANGE,
     default=DEFAULT_WAIT,
-    show_default=True,
-    metavar="SECONDS",
     help="Give up after this long, with the exit code of the last state seen.",
 )
 @_until
@@ -182,12 +187,11 @@ def wait(path: str | None, timeout: float, until: str, quiet: bool) -> None:
 
 @click.command(cls=_CommandAfterDashes, epilog=EXIT_REFUSED_HELP)
 @path_argument
-@click.option(
+@seconds_option(
     "--wait",
     "wait_s",
-    type=Seconds(*WAIT_RANGE),
+    span=WAIT_RANGE,
     default=None,
-    metavar="SECONDS",
     help="Wait up to this long while the state blocks (busy, or error; with --require-clear,"
     " shared too), and with --serialize for the queue, instead of refusing at once. A stuck"
     " holder refuses at once: waiting will not help.",
@@ -447,13 +451,11 @@ def _same_file(a: str, b: str) -> bool:
 
 @click.command(cls=Command)
 @click.argument("shell", type=click.Choice(sorted(HOOKS)))
-@click.option(
+@seconds_option(
     "--wait",
     "wait_s",
-    type=Seconds(*WAIT_RANGE),
+    span=WAIT_RANGE,
     default=DEFAULT_WAIT,
-    show_default=True,
-    metavar="SECONDS",
     help="The wrapped runs wait up to this long for the database (0: refuse at once).",
 )
 @click.option("--serialize", is_flag=True, help="The wrapped runs queue, one at a time.")

@@ -183,10 +183,13 @@ def _hidden_locks(db: Db, seen: list[Lock]) -> list[Lock]:
 # -- the cheap look ----------------------------------------------------------------------------
 
 
-def quick_locks(proc: Backend, db: DatabaseSnapshot) -> tuple[Lock, ...] | None:
-    """The locks on `db`'s database and -shm (and -journal) in the lock table alone, matched by
-    the (device, inode) its snapshot found: `wait`'s cheap poll between full checks. Another
-    sqlprobe's and this process's own are left out. None when the table cannot be read."""
+def quick_locks(
+    proc: Backend, databases: Iterable[DatabaseSnapshot]
+) -> list[tuple[Lock, ...]] | None:
+    """Per database, the locks on its database and -shm (and -journal) in the lock table alone,
+    matched by the (device, inode) its snapshot found: `wait`'s cheap poll between full checks,
+    one read of the table for them all. Another sqlprobe's and this process's own are left out.
+    None when the table cannot be read."""
     try:
         table = proc.locks()
     except OSError:
@@ -194,13 +197,19 @@ def quick_locks(proc: Backend, db: DatabaseSnapshot) -> tuple[Lock, ...] | None:
     if table is None:  # no lock table on this platform
         return None
     lines, _bad = table
-    keys = {f.key: f.kind for f in db.files if f.key is not None and f.kind is not FileKind.WAL}
-    return tuple(
-        lock
-        for line in lines
-        if line.file in keys and line.pid != proc.self_pid and not proc.is_sqlprobe(line.pid)
-        for lock in decode(keys[line.file], line)
-    )
+    ours = [line for line in lines if line.pid != proc.self_pid]
+    found = []
+    for db in databases:
+        keys = {f.key: f.kind for f in db.files if f.key is not None and f.kind is not FileKind.WAL}
+        found.append(
+            tuple(
+                lock
+                for line in ours
+                if line.file in keys and not proc.is_sqlprobe(line.pid)
+                for lock in decode(keys[line.file], line)
+            )
+        )
+    return found
 
 
 def wait_edges(lines: Iterable[LockLine]) -> tuple[tuple[int, int], ...]:

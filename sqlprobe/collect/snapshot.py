@@ -27,7 +27,6 @@ from sqlprobe.collect.holders import (
     other_names,
 )
 from sqlprobe.collect.locks import observe
-from sqlprobe.collect.locks import quick_locks as quick_locks  # re-export: workflows/wait.py
 from sqlprobe.collect.targets import Target, default_target, resolve
 from sqlprobe.collect.working import Db
 from sqlprobe.errors import AccessDenied, NoSuchProcess

@@ -60,20 +60,23 @@ def to_json(snapshot: Snapshot, verdict: Verdict) -> dict[str, Any]:
     return doc
 
 
-def all_warnings(snapshot: Snapshot, verdict: Verdict) -> list[str]:
+def _warned(snapshot: Snapshot, verdict: Verdict) -> list[Finding | str]:
     """The snapshot's warnings, what the databases' files say (a hard link, a side file that
     is not a regular one), then what opencode's state says (stale locks, index.lock...)."""
     files = [w for dv in verdict.databases for w in dv.warnings]
     extra = list(verdict.opencode.warnings) if verdict.opencode else []
-    return list(dict.fromkeys(words(f) for f in [*snapshot.warnings, *files, *extra]))
+    return [*snapshot.warnings, *files, *extra]
+
+
+def all_warnings(snapshot: Snapshot, verdict: Verdict) -> list[str]:
+    """Every warning in words, each once."""
+    return list(dict.fromkeys(words(f) for f in _warned(snapshot, verdict)))
 
 
 def findings_json(snapshot: Snapshot, verdict: Verdict) -> list[dict[str, Any]]:
     """The warnings as records (kind, path, pid, detail, count, total, pids): what a script can
     match on without parsing sentences. opencode's own sentences have no record."""
-    found = [*snapshot.warnings, *(w for dv in verdict.databases for w in dv.warnings)]
-    if verdict.opencode:
-        found += [w for w in verdict.opencode.warnings if isinstance(w, Finding)]
+    found = [w for w in _warned(snapshot, verdict) if isinstance(w, Finding)]
     return [
         {
             "kind": f.kind.value,

@@ -15,8 +15,9 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from sqlprobe import system
+from sqlprobe.collect.locks import quick_locks
 from sqlprobe.collect.opencode import still_blocks
-from sqlprobe.collect.snapshot import AFTER_WINDOW_S, quick_locks
+from sqlprobe.collect.snapshot import AFTER_WINDOW_S
 from sqlprobe.model import Observation, Snapshot
 from sqlprobe.options import DEFAULT_TIMEOUT, DEFAULT_WAIT, DEFAULT_WINDOW
 from sqlprobe.system.backend import Backend
@@ -117,10 +118,10 @@ def _still_held(proc: Backend, snapshot: Snapshot, until: str) -> bool:
 
     True only when a lock on its files rules the state out; False means "look properly".
     """
-    for db in snapshot.databases:
-        locks = quick_locks(proc, db)
-        if locks is None:
-            return False
+    looked = quick_locks(proc, snapshot.databases)
+    if looked is None:
+        return False
+    for db, locks in zip(snapshot.databases, looked, strict=True):
         if until == "clear" and locks:
             return True
         if blocks_now(db._replace(observations=(Observation(time.monotonic(), locks, ()),))):
